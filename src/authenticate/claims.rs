@@ -1,0 +1,159 @@
+//! Reading identity out of a verified token's claims.
+
+use serde_json::{Map, Value};
+
+use crate::config::ClaimsConf;
+
+/// A dot-separated claim path, split once at load.
+#[derive(Debug, Clone)]
+pub struct ClaimPath(Vec<Box<str>>);
+
+impl ClaimPath {
+    pub fn parse(path: &str) -> Result<Self, String> {
+        let parts: Vec<Box<str>> = path.split('.').map(Into::into).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("claim path {path:?} has an empty part"));
+        }
+        Ok(Self(parts))
+    }
+
+    fn from_parts(parts: &[&str]) -> Self {
+        Self(parts.iter().map(|p| (*p).into()).collect())
+    }
+
+    pub fn get<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        let (first, rest) = self.0.split_first()?;
+        rest.iter()
+            .try_fold(claims.get(&**first)?, |v, part| v.as_object()?.get(&**part))
+    }
+}
+
+/// Where one issuer puts identity in its tokens.
+#[derive(Debug, Clone)]
+pub struct ClaimMap {
+    subject: ClaimPath,
+    roles: Vec<ClaimPath>,
+    scope: ClaimPath,
+    tenant: Option<ClaimPath>,
+    client_id: Vec<ClaimPath>,
+}
+
+/// Identity read from claims; the issuer and expiry are added by the caller.
+pub struct Identity {
+    pub subject: String,
+    pub client_id: Option<String>,
+    pub tenant: Option<String>,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+}
+
+impl ClaimMap {
+    pub fn compile(conf: &ClaimsConf) -> Result<Self, String> {
+        let mut roles = conf
+            .roles
+            .iter()
+            .map(|p| ClaimPath::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Client ids may contain dots, so they are not written as paths.
+        for client in &conf.client_roles {
+            roles.push(ClaimPath::from_parts(&["resource_access", client, "roles"]));
+        }
+        Ok(Self {
+            subject: ClaimPath::parse(&conf.subject)?,
+            roles,
+            scope: ClaimPath::parse(&conf.scope)?,
+            tenant: conf.tenant.as_deref().map(ClaimPath::parse).transpose()?,
+            client_id: conf
+                .client_id
+                .iter()
+                .map(|p| ClaimPath::parse(p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Reads the identity. A token without a string subject is refused: every decision and
+    /// every upstream depends on it.
+    pub fn read(&self, claims: &Map<String, Value>) -> Result<Identity, &'static str> {
+        let subject = match self.subject.get(claims) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err("subject claim missing or not a string"),
+        };
+        let mut roles = Vec::new();
+        for path in &self.roles {
+            collect_strings(path.get(claims), &mut roles);
+        }
+        let mut scopes = Vec::new();
+        match self.scope.get(claims) {
+            Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace().map(String::from)),
+            other => collect_strings(other, &mut scopes),
+        }
+        Ok(Identity {
+            subject,
+            client_id: self.client_id.iter().find_map(|p| scalar(p.get(claims))),
+            tenant: self.tenant.as_ref().and_then(|p| scalar(p.get(claims))),
+            roles,
+            scopes,
+        })
+    }
+}
+
+fn collect_strings(value: Option<&Value>, out: &mut Vec<String>) {
+    match value {
+        Some(Value::Array(items)) => {
+            out.extend(items.iter().filter_map(Value::as_str).map(String::from));
+        }
+        Some(Value::String(s)) => out.push(s.clone()),
+        _ => {}
+    }
+}
+
+fn scalar(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn keycloak_layout_is_read_by_default() {
+        let conf = ClaimsConf {
+            client_roles: vec!["agent-manager".into()],
+            tenant: Some("agency.id".into()),
+            ..Default::default()
+        };
+        let map = ClaimMap::compile(&conf).unwrap();
+        let id = map
+            .read(&claims(json!({
+                "sub": "u1",
+                "azp": "portal",
+                "scope": "openid agents:read",
+                "agency": {"id": 42},
+                "realm_access": {"roles": ["agent", 7]},
+                "resource_access": {"agent-manager": {"roles": ["supervisor"]}, "other": {"roles": ["admin"]}},
+                "groups": ["/ops"]
+            })))
+            .unwrap();
+        assert_eq!(id.subject, "u1");
+        assert_eq!(id.client_id.as_deref(), Some("portal"));
+        assert_eq!(id.tenant.as_deref(), Some("42"));
+        assert_eq!(id.roles, ["agent", "/ops", "supervisor"]);
+        assert_eq!(id.scopes, ["openid", "agents:read"]);
+    }
+
+    #[test]
+    fn subject_is_required() {
+        let map = ClaimMap::compile(&ClaimsConf::default()).unwrap();
+        assert!(map.read(&claims(json!({"sub": 5}))).is_err());
+        assert!(map.read(&claims(json!({}))).is_err());
+    }
+}

@@ -1,0 +1,279 @@
+//! Authentication: turning a bearer token into a verified [`Principal`], or an [`AuthError`].
+//!
+//! The token's `iss` picks the issuer, its `kid` the key; the algorithm must be one the issuer
+//! allows and must fit the key. Header fields that point elsewhere for keys (`jku`, `x5u`,
+//! `jwk`, `x5c`) are never read.
+
+mod claims;
+mod jwt;
+mod keys;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use pingora_http::RequestHeader;
+
+pub use claims::{ClaimMap, ClaimPath};
+pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
+
+/// A caller whose token was verified.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Configured name of the issuer that vouched for the token.
+    pub issuer: Arc<str>,
+    pub subject: String,
+    pub client_id: Option<String>,
+    pub tenant: Option<String>,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    /// `exp`, seconds since the epoch; `None` for a non-expiring token.
+    pub expires_at: Option<u64>,
+}
+
+impl Principal {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Why a request is not authenticated. Every variant is a 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("malformed token")]
+    Malformed,
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    #[error("issuer not accepted on this route")]
+    IssuerNotAccepted,
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    #[error("signing keys not available")]
+    KeysUnavailable,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("signing key does not fit the algorithm")]
+    KeyMismatch,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token has no expiry")]
+    MissingExpiry,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("invalid claim: {0}")]
+    InvalidClaim(&'static str),
+}
+
+impl AuthError {
+    /// A stable, short label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::IssuerNotAccepted => "issuer_not_accepted",
+            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::KeyMismatch => "key_mismatch",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingExpiry => "missing_exp",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::InvalidClaim(_) => "invalid_claim",
+        }
+    }
+}
+
+/// Takes the bearer token from `Authorization` (RFC 6750 §2.1).
+pub fn bearer_token(req: &RequestHeader) -> Result<&str, AuthError> {
+    let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthError::Malformed);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic …) carries no bearer token.
+        return Err(AuthError::Missing);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+/// One identity provider, compiled.
+pub struct Issuer {
+    pub name: Arc<str>,
+    pub iss: Box<str>,
+    pub audiences: Vec<Box<str>>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_secs: u64,
+    pub allow_non_expiring: bool,
+    pub keys: Arc<KeyStore>,
+    /// Key for HS* algorithms, from a secret outside the config file.
+    pub hmac: Option<DecodingKey>,
+    pub claims: ClaimMap,
+}
+
+/// Index of an issuer in an [`Authenticator`]; routes refer to issuers this way.
+pub type IssuerId = usize;
+
+/// All issuers of a config.
+#[derive(Default)]
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<Box<str>, IssuerId>,
+}
+
+impl Authenticator {
+    /// Adds an issuer; fails if another one has the same `iss`.
+    pub fn add(&mut self, issuer: Issuer) -> Result<IssuerId, Arc<str>> {
+        let id = self.issuers.len();
+        if let Some(&other) = self.by_iss.get(&issuer.iss) {
+            return Err(self.issuers[other].name.clone());
+        }
+        self.by_iss.insert(issuer.iss.clone(), id);
+        self.issuers.push(issuer);
+        Ok(id)
+    }
+
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+
+    /// Verifies `token`. `accepted` restricts which issuers this route trusts (`None`: all).
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        accepted: Option<&[IssuerId]>,
+    ) -> Result<Principal, AuthError> {
+        let token = jwt::parse(token)?;
+        let iss = token
+            .claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or(AuthError::UnknownIssuer)?;
+        let &id = self.by_iss.get(iss).ok_or(AuthError::UnknownIssuer)?;
+        if accepted.is_some_and(|ids| !ids.contains(&id)) {
+            return Err(AuthError::IssuerNotAccepted);
+        }
+        let issuer = &self.issuers[id];
+        let alg = token.header.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        verify_signature(issuer, &token).await?;
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let rules = jwt::TimeRules {
+            audiences: &issuer.audiences,
+            leeway: issuer.leeway_secs,
+            allow_non_expiring: issuer.allow_non_expiring,
+        };
+        let expires_at = jwt::check_claims(&token.claims, &rules, now)?;
+        let identity = issuer
+            .claims
+            .read(&token.claims)
+            .map_err(AuthError::InvalidClaim)?;
+        Ok(Principal {
+            issuer: issuer.name.clone(),
+            subject: identity.subject,
+            client_id: identity.client_id,
+            tenant: identity.tenant,
+            roles: identity.roles,
+            scopes: identity.scopes,
+            expires_at,
+        })
+    }
+}
+
+async fn verify_signature(issuer: &Issuer, token: &jwt::Unverified<'_>) -> Result<(), AuthError> {
+    let alg = token.header.alg;
+    let verified = if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+        // HS* only with the issuer's own secret, never with a key from its JWKS.
+        let key = issuer.hmac.as_ref().ok_or(AuthError::KeyMismatch)?;
+        verify(token, key)
+    } else {
+        let kid = token.header.kid.as_deref();
+        let set = issuer.keys.current();
+        let lookup = |set: &KeySet| match set.find(kid, alg) {
+            keys::Lookup::Found(key) => Some(verify(token, key)),
+            keys::Lookup::Mismatch => Some(Err(AuthError::KeyMismatch)),
+            keys::Lookup::Unknown => None,
+        };
+        match set.as_deref().and_then(lookup) {
+            Some(result) => result,
+            None => {
+                // Unknown kid (or no keys yet): maybe the provider rotated. One refetch per cooldown.
+                let refreshed = match kid {
+                    Some(kid) => issuer.keys.refetch_for(kid).await,
+                    None => None,
+                };
+                match refreshed.or(set) {
+                    None => Err(AuthError::KeysUnavailable),
+                    Some(set) => lookup(&set).unwrap_or(Err(AuthError::UnknownKey)),
+                }
+            }
+        }
+    };
+    verified
+}
+
+fn verify(token: &jwt::Unverified<'_>, key: &DecodingKey) -> Result<(), AuthError> {
+    match jsonwebtoken::crypto::verify(
+        token.signature,
+        token.message.as_bytes(),
+        key,
+        token.header.alg,
+    ) {
+        Ok(true) => Ok(()),
+        _ => Err(AuthError::BadSignature),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(values: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in values {
+            r.append_header("authorization", *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn bearer_token_extraction() {
+        assert_eq!(bearer_token(&req(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&req(&["bearer  abc "])), Ok("abc"));
+        assert_eq!(bearer_token(&req(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            bearer_token(&req(&["Basic dXNlcjpwdw=="])),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(bearer_token(&req(&["Bearer "])), Err(AuthError::Malformed));
+        assert_eq!(
+            bearer_token(&req(&["Bearer a", "Bearer b"])),
+            Err(AuthError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! The TOML schema. Each struct is one table of `gateway.toml`; field docs are the reference.
+//!
+//! These structs only describe the file. [`crate::snapshot::Snapshot::compile`] validates them
+//! and turns them into the immutable form the request path reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listeners and process settings.
+    pub server: ServerConf,
+    /// `[responses]`: bodies of the gateway's own denials.
+    #[serde(default)]
+    pub responses: ResponsesConf,
+    /// `[identity_headers]`: verified identity forwarded to upstreams.
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersConf,
+    /// `[issuers.NAME]`: identity providers whose tokens are accepted.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, Spanned<IssuerConf>>,
+    /// `[upstreams.NAME]`: backends that routes forward to.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
+    /// `[[routes]]`: what is reachable, and who may reach it.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConf>>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConf {
+    /// Plain-HTTP listen addresses, e.g. `["0.0.0.0:8080"]`.
+    pub listen: Vec<String>,
+    /// Worker threads for the proxy service. Default: 1.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// How long in-flight requests may run after SIGTERM before the process exits. Default: 10s.
+    #[serde(default = "default_grace_period", with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// PID file, used by the binary upgrade (`-u`). Default: `/tmp/portcullis.pid`.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Socket over which listeners are handed to a new process on upgrade.
+    /// Default: `/tmp/portcullis_upgrade.sock`.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+fn default_threads() -> usize {
+    1
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pid_file() -> String {
+    "/tmp/portcullis.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/portcullis_upgrade.sock".into()
+}
+
+/// `[responses]`: what the gateway answers when it refuses a request.
+///
+/// The defaults reproduce an APISIX + Keycloak edge, so clients written against it see no change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesConf {
+    /// `realm` in `WWW-Authenticate: Bearer realm="…"`.
+    pub realm: String,
+    /// Body of a 401.
+    pub unauthorized_body: String,
+    /// Content type of a 401.
+    pub unauthorized_content_type: String,
+    /// Body of a 403.
+    pub forbidden_body: String,
+    /// Content type of a 403.
+    pub forbidden_content_type: String,
+}
+
+impl Default for ResponsesConf {
+    fn default() -> Self {
+        Self {
+            realm: "portcullis".into(),
+            unauthorized_body: "401 Authorization Required".into(),
+            unauthorized_content_type: "text/plain; charset=utf-8".into(),
+            forbidden_body: r#"{"error":"access_denied","error_description":"not_authorized"}"#
+                .into(),
+            forbidden_content_type: "application/json".into(),
+        }
+    }
+}
+
+/// `[identity_headers]`: request headers that carry the verified identity upstream.
+///
+/// Every header named here is removed from the client's request before the gateway sets it, on
+/// every route (public ones too), so a client can never forge one. An empty name turns that
+/// header off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeadersConf {
+    /// The token's subject (`sub`).
+    pub subject: String,
+    /// Roles, comma-separated.
+    pub roles: String,
+    /// Scopes, space-separated.
+    pub scopes: String,
+    /// Tenant / agency, from the issuer's `claims.tenant`.
+    pub tenant: String,
+    /// The OAuth client the token was issued to (`azp`, or `client_id`).
+    pub client_id: String,
+    /// The configured name of the issuer that vouched for the token.
+    pub issuer: String,
+    /// More headers to remove from every client request (e.g. `X-Userinfo`).
+    pub strip: Vec<String>,
+    /// Pass the client's `Authorization` header upstream. Default: true, as APISIX and Kong do.
+    pub forward_authorization: bool,
+}
+
+impl Default for IdentityHeadersConf {
+    fn default() -> Self {
+        Self {
+            subject: "X-User-Id".into(),
+            roles: "X-User-Roles".into(),
+            scopes: "X-User-Scopes".into(),
+            tenant: "X-Tenant-Id".into(),
+            client_id: "X-Client-Id".into(),
+            issuer: "X-Auth-Issuer".into(),
+            strip: Vec::new(),
+            forward_authorization: true,
+        }
+    }
+}
+
+/// Signature algorithms a token may use. `none` does not exist here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+/// `[issuers.NAME]`: one identity provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConf {
+    /// Exact value of the tokens' `iss` claim; selects this issuer.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms. Default: `["RS256"]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Tolerance applied to `exp` and `nbf`. Default: 30s.
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Accept tokens without `exp`. Default: false.
+    #[serde(default)]
+    pub allow_non_expiring: bool,
+    /// Keys from a local JWKS file, read at load.
+    pub jwks_file: Option<PathBuf>,
+    /// Keys from a JWKS URL, fetched in the background.
+    pub jwks_url: Option<String>,
+    /// Find `jwks_uri` through OIDC discovery at `issuer` + `/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Discovery document URL, when the provider is reached under another name than `issuer`.
+    pub discovery_url: Option<String>,
+    /// Shared secret for HS* algorithms, read from this file (trailing newline ignored).
+    pub hmac_secret_file: Option<PathBuf>,
+    /// Shared secret for HS* algorithms, read from this environment variable.
+    pub hmac_secret_env: Option<String>,
+    /// `[issuers.NAME.keys]`: how remote keys are refreshed.
+    #[serde(default)]
+    pub keys: KeyRefreshConf,
+    /// `[issuers.NAME.claims]`: where identity is found in this issuer's tokens.
+    #[serde(default)]
+    pub claims: ClaimsConf,
+}
+
+fn default_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::RS256]
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[issuers.NAME.keys]`: the JWKS lifecycle of a remote key source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyRefreshConf {
+    /// Refresh period when the provider sends no `Cache-Control: max-age`. Default: 5m.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Lower bound on a provider's `max-age`, and the retry delay after a failed fetch.
+    /// Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+    /// Upper bound on a provider's `max-age`. Default: 1h.
+    #[serde(with = "humantime_serde")]
+    pub max_refresh_interval: Duration,
+    /// A token with an unknown `kid` triggers at most one refetch per this period. Default: 30s.
+    #[serde(with = "humantime_serde")]
+    pub unknown_kid_cooldown: Duration,
+    /// Time limit of one fetch. Default: 5s.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+}
+
+impl Default for KeyRefreshConf {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(30),
+            max_refresh_interval: Duration::from_secs(3600),
+            unknown_kid_cooldown: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[issuers.NAME.claims]`: claim paths are dot-separated (`realm_access.roles`).
+/// The defaults follow Keycloak.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimsConf {
+    /// The user id.
+    pub subject: String,
+    /// Claims holding arrays of role names; all are merged.
+    pub roles: Vec<String>,
+    /// Client ids whose `resource_access.<client>.roles` are merged into the roles.
+    pub client_roles: Vec<String>,
+    /// Scopes: a space-separated string or an array.
+    pub scope: String,
+    /// Tenant / agency, if any.
+    pub tenant: Option<String>,
+    /// Client id claims, first present wins.
+    pub client_id: Vec<String>,
+}
+
+impl Default for ClaimsConf {
+    fn default() -> Self {
+        Self {
+            subject: "sub".into(),
+            roles: vec!["realm_access.roles".into(), "groups".into()],
+            client_roles: Vec::new(),
+            scope: "scope".into(),
+            tenant: None,
+            client_id: vec!["azp".into(), "client_id".into()],
+        }
+    }
+}
+
+/// `[upstreams.NAME]`: a backend service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    /// `host:port` targets, used in turn. Host names are resolved when the config is loaded.
+    pub targets: Vec<String>,
+    /// Default: 2s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the upstream between reads. Default: 60s.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// No token needed; any token sent is ignored and no identity is forwarded.
+    Public,
+    /// A valid token is needed, and one of the route's `allow` rules must admit it.
+    Authenticated,
+}
+
+/// `[[routes]]`: one entry of the routing table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    /// Name used in logs. Default: the path.
+    pub name: Option<String>,
+    /// Match only this `Host` (case-insensitive, port ignored).
+    pub host: Option<String>,
+    /// Exact path or template: `/ccm/channels/service-identifier/{id}`.
+    pub path: Option<String>,
+    /// Path prefix, matched on whole segments: `/public` matches `/public` and `/public/x`,
+    /// not `/publicity`. May contain `{param}` segments.
+    pub path_prefix: Option<String>,
+    /// Methods this route matches. Default: all.
+    pub methods: Option<Vec<String>>,
+    /// Name of the `[upstreams.NAME]` to forward to.
+    pub upstream: Option<Spanned<String>>,
+    /// Answer directly instead of forwarding.
+    pub respond: Option<RespondConf>,
+    /// `public` or `authenticated`. Required: nothing is public by accident.
+    pub access: Access,
+    /// Accept tokens only from these issuers. Default: every configured issuer.
+    pub issuers: Option<Vec<Spanned<String>>>,
+    /// `[[routes.allow]]`: who may call this route. Without rules, any valid token may.
+    #[serde(default)]
+    pub allow: Vec<AllowConf>,
+}
+
+/// `respond = { status = 200, body = "…" }`: a response the gateway writes itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConf {
+    /// Default: 200.
+    #[serde(default = "default_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    /// Default: `text/plain; charset=utf-8`.
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".into()
+}
+
+/// `[[routes.allow]]`: a rule. A request is admitted when a rule that covers its method is met.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConf {
+    /// Methods the rule covers. Default: all.
+    pub methods: Option<Vec<String>>,
+    /// The caller needs at least one of these roles. Empty: no role needed.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The caller needs every one of these scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// Where a problem in a config file is, and what it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n{excerpt}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+        excerpt: String,
+    },
+}
+
+/// Reads and parses a config file. Semantic checks happen in `Snapshot::compile`.
+pub fn load(path: &Path) -> Result<(Config, SourceFile), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let source = SourceFile {
+        path: path.to_path_buf(),
+        text,
+    };
+    let config = toml::from_str::<Config>(&source.text).map_err(|e| {
+        let at = e.span().map(|s| s.start).unwrap_or(0);
+        source.error(at, e.message().trim_end().to_string())
+    })?;
+    Ok((config, source))
+}
+
+/// The text of a loaded config file, kept to point errors at their line.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    /// An error at byte offset `at` of the file.
+    pub fn error(&self, at: usize, message: impl Into<String>) -> ConfigError {
+        let at = at.min(self.text.len());
+        let before = &self.text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        let line_text = self.text[line_start..].lines().next().unwrap_or("");
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line,
+            column,
+            message: message.into(),
+            excerpt: format!("  {line} | {line_text}"),
+        }
+    }
+
+    /// An error about the value `spanned`, naming the key path `key` (e.g. `routes[2].upstream`).
+    pub fn error_at<T>(&self, spanned: &Spanned<T>, key: &str, message: &str) -> ConfigError {
+        self.error(spanned.span().start, format!("{key}: {message}"))
+    }
+}

@@ -1,0 +1,151 @@
+//! Identity forwarding: the verified principal, in request headers, to the upstream.
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use pingora_http::RequestHeader;
+
+use crate::authenticate::Principal;
+use crate::config::IdentityHeadersConf;
+
+/// A claim that cannot be written as a header value (it holds control characters).
+#[derive(Debug, thiserror::Error)]
+#[error("claim for header {0} is not a valid header value")]
+pub struct UnrepresentableClaim(pub HeaderName);
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    subject: Option<HeaderName>,
+    roles: Option<HeaderName>,
+    scopes: Option<HeaderName>,
+    tenant: Option<HeaderName>,
+    client_id: Option<HeaderName>,
+    issuer: Option<HeaderName>,
+    /// Everything removed from client requests: the names above and `strip`.
+    strip: Vec<HeaderName>,
+    forward_authorization: bool,
+}
+
+impl IdentityHeaders {
+    pub fn compile(conf: &IdentityHeadersConf) -> Result<Self, String> {
+        let name = |key: &str, value: &str| -> Result<Option<HeaderName>, String> {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            HeaderName::from_bytes(value.as_bytes())
+                .map(Some)
+                .map_err(|_| format!("identity_headers.{key}: {value:?} is not a header name"))
+        };
+        let subject = name("subject", &conf.subject)?;
+        let roles = name("roles", &conf.roles)?;
+        let scopes = name("scopes", &conf.scopes)?;
+        let tenant = name("tenant", &conf.tenant)?;
+        let client_id = name("client_id", &conf.client_id)?;
+        let issuer = name("issuer", &conf.issuer)?;
+        let mut strip: Vec<HeaderName> = [&subject, &roles, &scopes, &tenant, &client_id, &issuer]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for extra in &conf.strip {
+            strip.extend(name("strip", extra)?);
+        }
+        Ok(Self {
+            subject,
+            roles,
+            scopes,
+            tenant,
+            client_id,
+            issuer,
+            strip,
+            forward_authorization: conf.forward_authorization,
+        })
+    }
+
+    /// Renders a principal's headers. Done before the request is admitted, so a claim that
+    /// cannot be a header value is a 401 rather than a failed proxy attempt.
+    pub fn render(&self, p: &Principal) -> Result<IdentityValues, UnrepresentableClaim> {
+        let fields = [
+            (&self.subject, Some(p.subject.clone())),
+            (&self.roles, Some(p.roles.join(","))),
+            (&self.scopes, Some(p.scopes.join(" "))),
+            (&self.tenant, p.tenant.clone()),
+            (&self.client_id, p.client_id.clone()),
+            (&self.issuer, Some(p.issuer.to_string())),
+        ];
+        let mut values = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            if let (Some(name), Some(value)) = (name, value) {
+                // from_bytes admits UTF-8 (obs-text), so "José" passes; control characters do not.
+                let value = HeaderValue::from_bytes(value.as_bytes())
+                    .map_err(|_| UnrepresentableClaim(name.clone()))?;
+                values.push((name.clone(), value));
+            }
+        }
+        Ok(IdentityValues(values))
+    }
+
+    /// Prepares an upstream request: removes every client-sent identity header, then sets the
+    /// verified ones, if any.
+    pub fn apply(
+        &self,
+        req: &mut RequestHeader,
+        identity: Option<&IdentityValues>,
+    ) -> pingora_core::Result<()> {
+        for name in &self.strip {
+            req.remove_header(name);
+        }
+        if !self.forward_authorization {
+            req.remove_header(&AUTHORIZATION);
+        }
+        for (name, value) in identity.map(|i| i.0.as_slice()).unwrap_or_default() {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Identity headers rendered for one request.
+#[derive(Debug, Clone)]
+pub struct IdentityValues(Vec<(HeaderName, HeaderValue)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(subject: &str) -> Principal {
+        Principal {
+            issuer: "kc".into(),
+            subject: subject.into(),
+            client_id: Some("portal".into()),
+            tenant: None,
+            roles: vec!["agent".into(), "admin".into()],
+            scopes: vec![],
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn forged_headers_are_replaced_or_removed() {
+        let ids = IdentityHeaders::compile(&IdentityHeadersConf::default()).unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-user-id", "admin").unwrap();
+        req.insert_header("X-Tenant-Id", "other").unwrap();
+        let values = ids.render(&principal("alice")).unwrap();
+        ids.apply(&mut req, Some(&values)).unwrap();
+        assert_eq!(req.headers.get("x-user-id").unwrap(), "alice");
+        assert_eq!(req.headers.get("x-user-roles").unwrap(), "agent,admin");
+        assert_eq!(req.headers.get("x-client-id").unwrap(), "portal");
+        assert!(req.headers.get("x-tenant-id").is_none());
+
+        let mut public = RequestHeader::build("GET", b"/", None).unwrap();
+        public.insert_header("x-user-id", "admin").unwrap();
+        ids.apply(&mut public, None).unwrap();
+        assert!(public.headers.get("x-user-id").is_none());
+    }
+
+    #[test]
+    fn control_characters_in_claims_are_refused() {
+        let ids = IdentityHeaders::compile(&IdentityHeadersConf::default()).unwrap();
+        assert!(ids.render(&principal("a\r\nx-admin: 1")).is_err());
+        assert!(ids.render(&principal("José")).is_ok());
+    }
+}

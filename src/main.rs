@@ -1,0 +1,239 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::{Args, Parser, Subcommand};
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+
+use portcullis::key_refresh::KeyRefresher;
+use portcullis::proxy::Gateway;
+use portcullis::reload::{catch_sighup, Reloader};
+use portcullis::snapshot::Snapshot;
+use portcullis::token::{self, TokenSpec};
+
+/// Portcullis: an API security gateway.
+///
+/// Without a subcommand it takes Pingora-style flags: `portcullis -c FILE [-d] [-u] [-t]`.
+#[derive(Parser)]
+#[command(name = "portcullis", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Check the config and exit (as `portcullis check`).
+    #[arg(short, long)]
+    test: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a config.
+    Run(RunArgs),
+    /// Validate a config and exit: 0 if it is valid, 1 with the file, line and key if not.
+    Check {
+        #[arg(short = 'c', long = "conf")]
+        conf: PathBuf,
+    },
+    /// Mint a signed token from a private key (development and tests).
+    Token(Box<TokenArgs>),
+    /// Print the public JWKS of a private key.
+    Jwks {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "RS256")]
+        alg: jsonwebtoken::Algorithm,
+        #[arg(long, default_value = "dev-1")]
+        kid: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The TOML config file.
+    #[arg(short = 'c', long = "conf")]
+    conf: Option<PathBuf>,
+    /// Run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Take over the listening sockets of a running instance (zero-downtime upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// PEM private key (or, for HS*, a file holding the shared secret).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long, default_value = "RS256")]
+    alg: jsonwebtoken::Algorithm,
+    #[arg(long, default_value = "dev-1")]
+    kid: String,
+    /// Leave `kid` out of the header.
+    #[arg(long)]
+    no_kid: bool,
+    #[arg(long, default_value = "at+jwt")]
+    typ: String,
+    #[arg(long, default_value = "https://dev.portcullis.local")]
+    iss: String,
+    /// Audience; repeat for several.
+    #[arg(long, default_value = "portcullis")]
+    aud: Vec<String>,
+    #[arg(long)]
+    sub: String,
+    /// Realm roles, comma-separated (put in `realm_access.roles`).
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Space-separated scopes.
+    #[arg(long)]
+    scope: Option<String>,
+    #[arg(long)]
+    azp: Option<String>,
+    /// Lifetime, e.g. `15m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Leave `exp` out.
+    #[arg(long)]
+    no_exp: bool,
+    /// Back-date `iat` (and so `exp`) by this much, e.g. `2h` for an expired token.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    issued_ago: Duration,
+    /// Set `nbf` this far in the future.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    not_before_in: Option<Duration>,
+    /// Extra claim `name=value` (value as JSON if it parses); repeatable.
+    #[arg(long)]
+    claim: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    // First of all: a SIGHUP during start-up must not kill the process.
+    let hangup = match catch_sighup() {
+        Ok(flag) => flag,
+        Err(e) => return fail(format!("cannot install the SIGHUP handler: {e}")),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { conf }) => check(&conf),
+        Some(Command::Token(args)) => mint(*args),
+        Some(Command::Jwks { key, alg, kid }) => {
+            match token::load_key(&key, alg).and_then(|k| token::jwks(&k, alg, &kid)) {
+                Ok(jwks) => {
+                    println!("{jwks}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        Some(Command::Run(args)) => run(args, hangup),
+        None => match (&cli.run.conf, cli.test) {
+            (Some(conf), true) => check(conf),
+            (Some(_), false) => run(cli.run, hangup),
+            (None, _) => fail("no config: use `portcullis run -c FILE` (see --help)".into()),
+        },
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn check(conf: &Path) -> ExitCode {
+    match Snapshot::load(conf, None) {
+        Ok(snapshot) => {
+            println!(
+                "{}: ok ({} routes, {} issuers, {} upstreams)",
+                conf.display(),
+                snapshot.router.routes().len(),
+                snapshot.authenticator.issuers().len(),
+                snapshot.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn mint(a: TokenArgs) -> ExitCode {
+    let spec = TokenSpec {
+        alg: a.alg,
+        kid: (!a.no_kid).then_some(a.kid),
+        typ: a.typ,
+        issuer: a.iss,
+        audience: a.aud,
+        subject: a.sub,
+        roles: a.roles,
+        scope: a.scope,
+        azp: a.azp,
+        ttl: (!a.no_exp).then_some(a.ttl),
+        issued_ago: a.issued_ago,
+        not_before_in: a.not_before_in,
+        claims: a.claim,
+    };
+    match token::load_key(&a.key, a.alg).and_then(|k| token::mint(&k, &spec)) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
+    let Some(path) = args.conf else {
+        return fail("run needs -c FILE".into());
+    };
+    let snapshot = match Snapshot::load(&path, None) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let settings = snapshot.server.clone();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    let conf = ServerConf {
+        threads: settings.threads,
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        grace_period_seconds: Some(settings.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.grace_period.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "portcullis",
+    );
+    for addr in &settings.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "key refresh",
+        KeyRefresher::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "reload",
+        Reloader::new(path.clone(), shared, hangup),
+    ));
+    log::info!(
+        "portcullis {} serving {}",
+        env!("CARGO_PKG_VERSION"),
+        path.display()
+    );
+    server.run_forever()
+}

@@ -1,0 +1,191 @@
+//! The request path: route → authenticate → authorize → upstream, in that order, in one place.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::HOST;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::authenticate::{bearer_token, AuthError, Principal};
+use crate::config::Access;
+use crate::identity::IdentityValues;
+use crate::respond::{Rejection, Reply};
+use crate::route;
+use crate::snapshot::{Action, SharedSnapshot, Snapshot};
+use crate::upstream::UpstreamId;
+
+pub struct Gateway {
+    config: SharedSnapshot,
+}
+
+impl Gateway {
+    pub fn new(config: SharedSnapshot) -> Self {
+        Self { config }
+    }
+}
+
+/// Per-request state, filled by `request_filter` for the later phases.
+pub struct RequestCtx {
+    /// The config this request runs under from start to end, even across a reload.
+    snapshot: Arc<Snapshot>,
+    upstream: Option<UpstreamId>,
+    identity: Option<IdentityValues>,
+    /// The normalized path, when it differs from what the client sent.
+    normalized_path: Option<String>,
+}
+
+/// What to do with a request that passed every check.
+enum Admitted<'s> {
+    Forward(UpstreamId, Option<IdentityValues>),
+    Respond(&'s Reply),
+}
+
+/// One line per denial, for operators; the token itself is never logged.
+fn log_denial(req: &RequestHeader, rejection: &Rejection) {
+    let reason = match rejection {
+        Rejection::BadPath(e) => e.to_string(),
+        Rejection::NotFound => "no route".into(),
+        Rejection::Unauthorized(e) => e.reason().into(),
+        Rejection::Forbidden(e) => e.reason().into(),
+    };
+    log::info!(
+        target: "portcullis::audit",
+        "deny status={} method={} path={} reason={reason}",
+        rejection.status(),
+        req.method,
+        req.uri.path()
+    );
+}
+
+/// Route, authenticate and authorize a request. Reads top to bottom as the gateway's policy.
+async fn admit<'s>(
+    req: &RequestHeader,
+    snap: &'s Snapshot,
+    ctx: &mut RequestCtx,
+) -> Result<Admitted<'s>, Rejection> {
+    // 1. Route: on the normalized path, so the backend serves exactly what was authorized.
+    let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
+    let host = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host());
+    let route = snap
+        .router
+        .find(host, &path, &req.method)
+        .ok_or(Rejection::NotFound)?;
+    if let Cow::Owned(normalized) = path {
+        ctx.normalized_path = Some(normalized);
+    }
+
+    // 2. Authenticate.
+    let principal: Option<Principal> = match route.access {
+        Access::Public => None,
+        Access::Authenticated => {
+            let token = bearer_token(req).map_err(Rejection::Unauthorized)?;
+            let principal = snap
+                .authenticator
+                .authenticate(token, route.issuers.as_deref())
+                .await;
+            Some(principal.map_err(Rejection::Unauthorized)?)
+        }
+    };
+
+    // 3. Authorize.
+    let identity = match &principal {
+        Some(p) => {
+            route
+                .policy
+                .authorize(&req.method, p)
+                .map_err(Rejection::Forbidden)?;
+            let values = snap.identity.render(p).map_err(|_| {
+                Rejection::Unauthorized(AuthError::InvalidClaim(
+                    "claim not representable in a header",
+                ))
+            })?;
+            Some(values)
+        }
+        None => None,
+    };
+
+    // 4. Hand over to the upstream, or answer directly.
+    Ok(match &route.action {
+        Action::Forward(upstream) => Admitted::Forward(*upstream, identity),
+        Action::Respond(reply) => Admitted::Respond(reply),
+    })
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.config.load_full(),
+            upstream: None,
+            identity: None,
+            normalized_path: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = ctx.snapshot.clone();
+        let outcome = admit(session.req_header(), &snap, ctx).await;
+        match outcome {
+            Ok(Admitted::Forward(upstream, identity)) => {
+                ctx.upstream = Some(upstream);
+                ctx.identity = identity;
+                Ok(false)
+            }
+            Ok(Admitted::Respond(reply)) => {
+                reply.send(session).await?;
+                Ok(true)
+            }
+            Err(rejection) => {
+                log_denial(session.req_header(), &rejection);
+                snap.responses.reply(rejection).send(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let id = ctx.upstream.ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "request reached upstream_peer unadmitted",
+            )
+        })?;
+        Ok(Box::new(ctx.snapshot.upstreams[id].peer()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.snapshot
+            .identity
+            .apply(upstream_request, ctx.identity.as_ref())?;
+        if let Some(path) = ctx.normalized_path.take() {
+            let uri = match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = http::Uri::try_from(uri).map_err(|e| {
+                Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+}

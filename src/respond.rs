@@ -1,0 +1,186 @@
+//! The gateway's own answers: denials and direct responses, built once per config.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::authenticate::AuthError;
+use crate::authorize::Forbidden;
+use crate::config::ResponsesConf;
+use crate::route::PathError;
+
+/// A complete response, ready to write.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: HeaderValue, body: Bytes) -> Self {
+        Self {
+            status,
+            headers: vec![(CONTENT_TYPE, content_type)],
+            body,
+        }
+    }
+
+    /// Writes the reply; the connection stays reusable.
+    pub async fn send(&self, session: &mut Session) -> pingora_core::Result<()> {
+        let mut header = ResponseHeader::build(self.status, Some(self.headers.len() + 1))?;
+        for (name, value) in &self.headers {
+            header.append_header(name.clone(), value.clone())?;
+        }
+        header.insert_header(CONTENT_LENGTH, self.body.len())?;
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(header), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(self.body.clone()), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Why the gateway refused a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Rejection {
+    BadPath(PathError),
+    NotFound,
+    Unauthorized(AuthError),
+    Forbidden(Forbidden),
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::BadPath(_) => 400,
+            Rejection::NotFound => 404,
+            Rejection::Unauthorized(_) => 401,
+            Rejection::Forbidden(_) => 403,
+        }
+    }
+}
+
+/// Denial responses of one config.
+#[derive(Debug, Clone)]
+pub struct Responses {
+    realm: String,
+    unauthorized: Reply,
+    forbidden: Reply,
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Responses {
+    pub fn compile(conf: &ResponsesConf) -> Result<Self, String> {
+        let value = |key: &str, v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| format!("responses.{key}: not a valid header value"))
+        };
+        if conf.realm.contains(['"', '\\']) || value("realm", &conf.realm).is_err() {
+            return Err(
+                "responses.realm: must not contain quotes, backslashes or control characters"
+                    .into(),
+            );
+        }
+        let forbidden_www = HeaderValue::from_str(&format!(
+            "Bearer realm=\"{}\", error=\"insufficient_scope\"",
+            conf.realm
+        ))
+        .map_err(|_| "responses.realm: not a valid header value".to_string())?;
+        let mut forbidden = Reply::new(
+            403,
+            value("forbidden_content_type", &conf.forbidden_content_type)?,
+            Bytes::from(conf.forbidden_body.clone()),
+        );
+        forbidden.headers.push((WWW_AUTHENTICATE, forbidden_www));
+        Ok(Self {
+            realm: conf.realm.clone(),
+            unauthorized: Reply::new(
+                401,
+                value("unauthorized_content_type", &conf.unauthorized_content_type)?,
+                Bytes::from(conf.unauthorized_body.clone()),
+            ),
+            forbidden,
+        })
+    }
+
+    pub fn reply(&self, rejection: Rejection) -> Reply {
+        match rejection {
+            Rejection::BadPath(e) => json_error(400, "invalid_request", &e.to_string()),
+            Rejection::NotFound => json_error(404, "not_found", "no route matches this request"),
+            Rejection::Forbidden(_) => self.forbidden.clone(),
+            Rejection::Unauthorized(e) => {
+                // RFC 6750 §3.1: no error code when the request carried no token at all.
+                let challenge = match e {
+                    AuthError::Missing => format!("Bearer realm=\"{}\"", self.realm),
+                    e => format!(
+                        "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{e}\"",
+                        self.realm
+                    ),
+                };
+                let mut reply = self.unauthorized.clone();
+                // The realm was checked at compile and error texts are fixed ASCII.
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    reply.headers.push((WWW_AUTHENTICATE, v));
+                }
+                reply
+            }
+        }
+    }
+}
+
+fn json_error(status: u16, error: &str, description: &str) -> Reply {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    Reply::new(status, JSON, Bytes::from(body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(r: &'a Reply, name: &HeaderName) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn defaults_match_the_reference_deployment() {
+        let r = Responses::compile(&ResponsesConf::default()).unwrap();
+        let missing = r.reply(Rejection::Unauthorized(AuthError::Missing));
+        assert_eq!(missing.status, 401);
+        assert_eq!(&missing.body[..], b"401 Authorization Required");
+        assert_eq!(
+            header(&missing, &WWW_AUTHENTICATE),
+            Some("Bearer realm=\"portcullis\"")
+        );
+        let expired = r.reply(Rejection::Unauthorized(AuthError::Expired));
+        assert_eq!(
+            header(&expired, &WWW_AUTHENTICATE),
+            Some("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"token expired\"")
+        );
+        let denied = r.reply(Rejection::Forbidden(Forbidden::Insufficient));
+        assert_eq!(
+            &denied.body[..],
+            br#"{"error":"access_denied","error_description":"not_authorized"}"#
+        );
+        assert_eq!(header(&denied, &CONTENT_TYPE), Some("application/json"));
+    }
+
+    #[test]
+    fn realm_cannot_break_the_header() {
+        let conf = ResponsesConf {
+            realm: "a\"b".into(),
+            ..Default::default()
+        };
+        assert!(Responses::compile(&conf).is_err());
+    }
+}

@@ -1,0 +1,549 @@
+//! The compiled, immutable form of a config: what the request path reads.
+//!
+//! Compiling validates everything once (references, paths, keys, secrets) and reports the first
+//! problem with its file, line and key. A snapshot is shared through one `ArcSwap`; each request
+//! takes one `Arc` of it and sees one consistent config from start to end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::HeaderValue;
+use jsonwebtoken::DecodingKey;
+use toml::Spanned;
+
+use crate::authenticate::{Authenticator, ClaimMap, Issuer, IssuerId, KeySource, KeyStore};
+use crate::authorize::{Policy, Rule};
+use crate::config::{self, Access, Config, ConfigError, IssuerConf, RouteConf, SourceFile};
+use crate::identity::IdentityHeaders;
+use crate::respond::{Reply, Responses};
+use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
+use crate::upstream::{Upstream, UpstreamId};
+
+/// The config the gateway currently serves, swapped atomically as a whole.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// What a matched route does with an admitted request.
+#[derive(Debug)]
+pub enum Action {
+    Forward(UpstreamId),
+    Respond(Reply),
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Box<str>,
+    pub access: Access,
+    /// Issuers this route trusts; `None`: all.
+    pub issuers: Option<Vec<IssuerId>>,
+    pub policy: Policy,
+    pub action: Action,
+}
+
+/// Settings that take effect only at start.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: std::time::Duration,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+pub struct Snapshot {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub router: Router<Route>,
+    pub authenticator: Authenticator,
+    pub upstreams: Vec<Upstream>,
+    pub responses: Responses,
+    pub identity: IdentityHeaders,
+}
+
+impl Snapshot {
+    /// Loads and compiles a config file.
+    pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+        let (config, source) = config::load(path)?;
+        Self::compile(&config, &source, previous)
+    }
+
+    /// Compiles a parsed config. Key stores of unchanged remote issuers are taken over from
+    /// `previous`, so a reload neither drops their keys nor refetches them.
+    pub fn compile(
+        config: &Config,
+        source: &SourceFile,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
+        let c = Compiler { source };
+        let server = c.server(config)?;
+        let responses =
+            Responses::compile(&config.responses).map_err(|e| c.at_key("responses", &e))?;
+        let identity = IdentityHeaders::compile(&config.identity_headers)
+            .map_err(|e| c.at_key("identity_headers", &e))?;
+
+        let mut authenticator = Authenticator::default();
+        let mut issuer_ids = BTreeMap::new();
+        for (name, conf) in &config.issuers {
+            let issuer = c.issuer(name, conf, previous)?;
+            let id = authenticator.add(issuer).map_err(|other| {
+                c.in_table(
+                    conf,
+                    &format!("issuers.{name}"),
+                    "issuer",
+                    &format!("same `issuer` as issuers.{other}"),
+                )
+            })?;
+            issuer_ids.insert(name.as_str(), id);
+        }
+
+        let mut upstreams = Vec::new();
+        let mut upstream_ids = BTreeMap::new();
+        for (name, conf) in &config.upstreams {
+            let upstream = Upstream::compile(name, conf.get_ref()).map_err(|e| {
+                let field = e.split(':').next().unwrap_or("targets");
+                c.in_table(conf, &format!("upstreams.{name}"), field, &e)
+            })?;
+            upstream_ids.insert(name.as_str(), upstreams.len());
+            upstreams.push(upstream);
+        }
+
+        let mut router = Router::default();
+        for (i, route) in config.routes.iter().enumerate() {
+            c.route(i, route, &issuer_ids, &upstream_ids, &mut router)?;
+        }
+
+        Ok(Snapshot {
+            source: source.path.clone(),
+            server,
+            router,
+            authenticator,
+            upstreams,
+            responses,
+            identity,
+        })
+    }
+}
+
+struct Compiler<'a> {
+    source: &'a SourceFile,
+}
+
+impl Compiler<'_> {
+    /// An error about a whole top-level table.
+    fn at_key(&self, key: &str, message: &str) -> ConfigError {
+        let at = self
+            .find_line(0, self.source.text.len(), &format!("[{key}]"))
+            .unwrap_or(0);
+        self.source.error(at, message.to_string())
+    }
+
+    /// An error about `field` of a table: points at the field's line when it is written there,
+    /// at the `[key.field]` sub-table if it is one, at the table otherwise.
+    fn in_table<T>(
+        &self,
+        table: &Spanned<T>,
+        key: &str,
+        field: &str,
+        message: &str,
+    ) -> ConfigError {
+        // A table's span covers only its header; its own keys follow until the next header.
+        let start = table.span().start;
+        let at = self
+            .field_line(table.span().end, field)
+            .or_else(|| self.find_line(0, self.source.text.len(), &format!("[{key}.{field}]")))
+            .unwrap_or(start);
+        let message = message
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(message);
+        self.source.error(at, format!("{key}.{field}: {message}"))
+    }
+
+    fn field_line(&self, from: usize, field: &str) -> Option<usize> {
+        let text = self.source.text.get(from..)?;
+        let mut offset = from;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('[') {
+                return None;
+            }
+            if let Some(rest) = trimmed.strip_prefix(field) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(offset + (line.len() - trimmed.len()));
+                }
+            }
+            offset += line.len();
+        }
+        None
+    }
+
+    fn find_line(&self, start: usize, end: usize, needle: &str) -> Option<usize> {
+        self.source
+            .text
+            .get(start..end)?
+            .find(needle)
+            .map(|i| start + i)
+    }
+
+    fn relative(&self, path: &Path) -> PathBuf {
+        // Paths in the config are relative to the config file, not to the working directory.
+        match self.source.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    fn server(&self, config: &Config) -> Result<ServerSettings, ConfigError> {
+        let s = &config.server;
+        let err = |field: &str, m: &str| {
+            let at = self
+                .find_line(0, self.source.text.len(), "[server]")
+                .map_or(0, |i| i + "[server]".len());
+            let at = self.field_line(at, field).unwrap_or(at);
+            self.source.error(at, format!("server.{field}: {m}"))
+        };
+        if s.listen.is_empty() {
+            return Err(err("listen", "at least one address is needed"));
+        }
+        let listen = s
+            .listen
+            .iter()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| err("listen", &format!("{a:?} is not an ip:port address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if s.threads == 0 {
+            return Err(err("threads", "must be at least 1"));
+        }
+        Ok(ServerSettings {
+            listen,
+            threads: s.threads,
+            grace_period: s.grace_period,
+            pid_file: s.pid_file.clone(),
+            upgrade_sock: s.upgrade_sock.clone(),
+        })
+    }
+
+    fn issuer(
+        &self,
+        name: &str,
+        spanned: &Spanned<IssuerConf>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Issuer, ConfigError> {
+        let conf = spanned.get_ref();
+        let key = format!("issuers.{name}");
+        let err = |field: &str, m: &str| self.in_table(spanned, &key, field, m);
+
+        if conf.issuer.is_empty() {
+            return Err(err("issuer", "must not be empty"));
+        }
+        if conf.audiences.is_empty() || conf.audiences.iter().any(String::is_empty) {
+            return Err(err(
+                "audiences",
+                "list the accepted `aud` values; a token for another service must not pass",
+            ));
+        }
+        if conf.algorithms.is_empty() {
+            return Err(err("algorithms", "at least one algorithm is needed"));
+        }
+        let algorithms: Vec<jsonwebtoken::Algorithm> = conf
+            .algorithms
+            .iter()
+            .map(|a| format!("{a:?}").parse())
+            .collect::<Result<_, _>>()
+            .map_err(|_| err("algorithms", "unsupported algorithm"))?;
+        let uses_hmac = algorithms
+            .iter()
+            .any(|a| a.family() == jsonwebtoken::AlgorithmFamily::Hmac);
+        let uses_keys = algorithms
+            .iter()
+            .any(|a| a.family() != jsonwebtoken::AlgorithmFamily::Hmac);
+
+        let hmac = match (&conf.hmac_secret_file, &conf.hmac_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "hmac_secret_env",
+                    "set hmac_secret_file or hmac_secret_env, not both",
+                ))
+            }
+            (None, None) if uses_hmac => {
+                return Err(err(
+                    "algorithms",
+                    "HS* algorithms need hmac_secret_file or hmac_secret_env",
+                ))
+            }
+            (None, None) => None,
+            _ if !uses_hmac => {
+                return Err(err(
+                    "algorithms",
+                    "a shared secret is configured but no HS* algorithm is allowed",
+                ))
+            }
+            (Some(file), None) => {
+                let path = self.relative(file);
+                let secret = std::fs::read(&path)
+                    .map_err(|e| err("hmac_secret_file", &format!("{}: {e}", path.display())))?;
+                Some(hmac_key(trim_newline(&secret)).map_err(|m| err("hmac_secret_file", m))?)
+            }
+            (None, Some(var)) => {
+                let secret = std::env::var(var).map_err(|_| {
+                    err(
+                        "hmac_secret_env",
+                        &format!("environment variable {var} is not set"),
+                    )
+                })?;
+                Some(hmac_key(secret.as_bytes()).map_err(|m| err("hmac_secret_env", m))?)
+            }
+        };
+
+        let discovery_url = match (&conf.discovery_url, conf.discovery) {
+            (Some(url), _) => Some(url.clone()),
+            (None, true) => Some(format!(
+                "{}/.well-known/openid-configuration",
+                conf.issuer.trim_end_matches('/')
+            )),
+            (None, false) => None,
+        };
+        let discovery_key = if conf.discovery_url.is_some() {
+            "discovery_url"
+        } else {
+            "discovery"
+        };
+        let sources: Vec<&str> = [
+            (conf.jwks_file.is_some(), "jwks_file"),
+            (conf.jwks_url.is_some(), "jwks_url"),
+            (discovery_url.is_some(), discovery_key),
+        ]
+        .into_iter()
+        .filter_map(|(set, key)| set.then_some(key))
+        .collect();
+        let source_count = sources.len();
+        if let [first, second, ..] = sources[..] {
+            return Err(err(
+                second,
+                &format!("choose one key source; {first} is set too"),
+            ));
+        }
+        if uses_keys && source_count == 0 {
+            return Err(err(
+                "algorithms",
+                "asymmetric algorithms need keys: set jwks_file, jwks_url, or discovery",
+            ));
+        }
+        if !uses_keys && source_count > 0 {
+            return Err(err(
+                "algorithms",
+                "a key source is configured but only HS* algorithms are allowed",
+            ));
+        }
+        let k = &conf.keys;
+        if k.min_refresh_interval > k.max_refresh_interval {
+            return Err(err(
+                "keys",
+                "min_refresh_interval is above max_refresh_interval",
+            ));
+        }
+
+        let keys = if let Some(file) = &conf.jwks_file {
+            let path = self.relative(file);
+            Arc::new(KeyStore::from_file(&path).map_err(|e| err("jwks_file", &e))?)
+        } else {
+            let source = match (&conf.jwks_url, discovery_url) {
+                (Some(url), _) => {
+                    check_url(url).map_err(|m| err("jwks_url", m))?;
+                    KeySource::Url(url.clone())
+                }
+                (None, Some(url)) => {
+                    check_url(&url).map_err(|m| err("discovery_url", m))?;
+                    KeySource::Discovery {
+                        url,
+                        issuer: conf.issuer.clone(),
+                    }
+                }
+                // HS*-only issuers keep an empty store that is never fetched.
+                (None, None) => KeySource::File,
+            };
+            let reused = previous.and_then(|p| {
+                p.authenticator
+                    .issuers()
+                    .iter()
+                    .find(|i| {
+                        &*i.name == name && *i.keys.source() == source && i.keys.refresh_conf() == k
+                    })
+                    .map(|i| i.keys.clone())
+            });
+            reused.unwrap_or_else(|| Arc::new(KeyStore::remote(source, k.clone())))
+        };
+
+        let claims = ClaimMap::compile(&conf.claims).map_err(|e| err("claims", &e))?;
+        Ok(Issuer {
+            name: name.into(),
+            iss: conf.issuer.as_str().into(),
+            audiences: conf.audiences.iter().map(|a| a.as_str().into()).collect(),
+            algorithms,
+            leeway_secs: conf.clock_skew.as_secs(),
+            allow_non_expiring: conf.allow_non_expiring,
+            keys,
+            hmac,
+            claims,
+        })
+    }
+
+    fn route(
+        &self,
+        i: usize,
+        spanned: &Spanned<RouteConf>,
+        issuer_ids: &BTreeMap<&str, IssuerId>,
+        upstream_ids: &BTreeMap<&str, UpstreamId>,
+        router: &mut Router<Route>,
+    ) -> Result<(), ConfigError> {
+        let r = spanned.get_ref();
+        let key = format!("routes[{i}]");
+        let err = |field: &str, m: &str| self.in_table(spanned, &key, field, m);
+
+        let (raw_path, kind, field) = match (&r.path, &r.path_prefix) {
+            (Some(p), None) => (p, PathKind::Exact, "path"),
+            (None, Some(p)) => (p, PathKind::Prefix, "path_prefix"),
+            _ => return Err(err("path", "set exactly one of path and path_prefix")),
+        };
+        let path = route::normalize(raw_path).map_err(|e| err(field, &e.to_string()))?;
+        let segments = route::parse_pattern(&path, kind).map_err(|e| err(field, &e))?;
+        let methods = MethodSet::parse(r.methods.as_deref()).map_err(|e| err("methods", &e))?;
+        let host = r.host.as_deref().map(str::to_ascii_lowercase);
+        if host.as_deref() == Some("") {
+            return Err(err(
+                "host",
+                "must not be empty (leave it out to match any host)",
+            ));
+        }
+
+        let action = match (&r.upstream, &r.respond) {
+            (Some(name), None) => match upstream_ids.get(name.get_ref().as_str()) {
+                Some(&id) => Action::Forward(id),
+                None => {
+                    let known: Vec<&str> = upstream_ids.keys().copied().collect();
+                    let m = format!(
+                        "no upstream named {:?} (defined: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    );
+                    return Err(self.source.error_at(name, &format!("{key}.upstream"), &m));
+                }
+            },
+            (None, Some(respond)) => {
+                if !(100..=599).contains(&respond.status) {
+                    return Err(err("respond", "status must be between 100 and 599"));
+                }
+                let content_type = HeaderValue::from_str(&respond.content_type)
+                    .map_err(|_| err("respond", "content_type is not a valid header value"))?;
+                Action::Respond(Reply::new(
+                    respond.status,
+                    content_type,
+                    Bytes::from(respond.body.clone()),
+                ))
+            }
+            _ => return Err(err("upstream", "set exactly one of upstream and respond")),
+        };
+
+        let issuers = match &r.issuers {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        issuer_ids
+                            .get(n.get_ref().as_str())
+                            .copied()
+                            .ok_or_else(|| {
+                                let known: Vec<&str> = issuer_ids.keys().copied().collect();
+                                let m = format!(
+                                    "no issuer named {:?} (defined: {})",
+                                    n.get_ref(),
+                                    known.join(", ")
+                                );
+                                self.source.error_at(n, &format!("{key}.issuers"), &m)
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+
+        let policy = match r.access {
+            Access::Public => {
+                if !r.allow.is_empty() || issuers.is_some() {
+                    return Err(err(
+                        "access",
+                        "a public route takes no `allow` rules or `issuers`",
+                    ));
+                }
+                Policy::default()
+            }
+            Access::Authenticated => {
+                if issuer_ids.is_empty() {
+                    return Err(err(
+                        "access",
+                        "authenticated routes need at least one [issuers.NAME]",
+                    ));
+                }
+                let mut rules = Vec::with_capacity(r.allow.len());
+                for rule in &r.allow {
+                    rules.push(Rule {
+                        methods: MethodSet::parse(rule.methods.as_deref())
+                            .map_err(|e| err("methods", &e))?,
+                        roles: rule.roles.iter().map(|s| s.as_str().into()).collect(),
+                        scopes: rule.scopes.iter().map(|s| s.as_str().into()).collect(),
+                    });
+                }
+                Policy { rules }
+            }
+        };
+
+        let route = Route {
+            name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
+            access: r.access,
+            issuers,
+            policy,
+            action,
+        };
+        let key_in_table = RouteKey {
+            host: host.as_deref(),
+            segments: &segments,
+            kind,
+            methods,
+        };
+        router.add(key_in_table, route).map_err(|other| {
+            err(
+                field,
+                &format!(
+                    "overlaps route {:?} on the same path and methods",
+                    other.name
+                ),
+            )
+        })
+    }
+}
+
+fn trim_newline(secret: &[u8]) -> &[u8] {
+    let secret = secret.strip_suffix(b"\n").unwrap_or(secret);
+    secret.strip_suffix(b"\r").unwrap_or(secret)
+}
+
+fn hmac_key(secret: &[u8]) -> Result<DecodingKey, &'static str> {
+    // RFC 7518 §3.2: a key at least as long as the hash output.
+    if secret.len() < 32 {
+        return Err("the shared secret must be at least 32 bytes");
+    }
+    Ok(DecodingKey::from_secret(secret))
+}
+
+fn check_url(url: &str) -> Result<(), &'static str> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err("must be an http:// or https:// URL")
+    }
+}

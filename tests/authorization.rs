@@ -1,0 +1,244 @@
+//! Routing and authorization through the running gateway, to a real upstream process.
+
+mod common;
+
+use common::{get, raw_get_status, rsa_token, send, Echo, Gateway};
+
+fn gateway(echo: &Echo) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-1.jwks.json"
+
+[issuers.idp.claims]
+tenant = "agency_id"
+
+[upstreams.backend]
+targets = ["127.0.0.1:{port}"]
+
+[[routes]]
+name = "agents"
+path = "/agents/{{id}}"
+upstream = "backend"
+access = "authenticated"
+
+[[routes.allow]]
+methods = ["GET"]
+roles = ["agent", "supervisor", "admin"]
+
+[[routes.allow]]
+methods = ["POST", "PUT", "DELETE"]
+roles = ["supervisor", "admin"]
+
+[[routes]]
+path = "/ccm/channels/service-identifier/{{id}}"
+methods = ["GET"]
+upstream = "backend"
+access = "public"
+
+[[routes]]
+path_prefix = "/public/"
+upstream = "backend"
+access = "public"
+
+[[routes]]
+path = "/reports"
+upstream = "backend"
+access = "authenticated"
+
+[[routes.allow]]
+scopes = ["reports:read"]
+"#,
+        port = echo.port
+    ))
+}
+
+const FORBIDDEN_BODY: &str = r#"{"error":"access_denied","error_description":"not_authorized"}"#;
+
+#[tokio::test]
+async fn role_by_method_table() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let url = gw.url("/agents/42");
+    let agent = rsa_token("alice", "agent", &[]);
+
+    let r = get(&url, Some(&agent)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["path"], "/agents/42");
+
+    for method in ["POST", "PUT", "DELETE"] {
+        let r = send(method, &url, Some(&agent), &[]).await;
+        assert_eq!(r.status, 403, "agent {method}");
+        assert_eq!(r.body, FORBIDDEN_BODY);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+
+    for role in ["supervisor", "admin"] {
+        let t = rsa_token("bob", role, &[]);
+        for method in ["GET", "POST", "PUT", "DELETE"] {
+            let r = send(method, &url, Some(&t), &[]).await;
+            assert_eq!(r.status, 200, "{role} {method}: {}", r.body);
+            assert_eq!(r.json()["method"], method);
+        }
+    }
+
+    let guest = rsa_token("eve", "guest", &[]);
+    let r = get(&url, Some(&guest)).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body, FORBIDDEN_BODY);
+
+    // PATCH is covered by no rule: authenticated, but not allowed.
+    let admin = rsa_token("root", "admin", &[]);
+    assert_eq!(send("PATCH", &url, Some(&admin), &[]).await.status, 403);
+}
+
+#[tokio::test]
+async fn missing_token_is_401_with_bearer_challenge() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let r = get(&gw.url("/agents/42"), None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body, "401 Authorization Required");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer realm="portcullis""#)
+    );
+
+    let r = send(
+        "GET",
+        &gw.url("/agents/42"),
+        None,
+        &[("authorization", "Basic dXNlcjpwYXNz")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn public_templates_and_prefixes_match_and_near_misses_do_not() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    for path in [
+        "/ccm/channels/service-identifier/abc",
+        "/public",
+        "/public/",
+        "/public/a/b",
+    ] {
+        let r = get(&gw.url(path), None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.json()["path"], path);
+    }
+    for path in [
+        "/ccm/channels/service-identifier/",
+        "/ccm/channels/service-identifier",
+        "/ccm/channels/service-identifier/a/b",
+        "/ccm/channels/other/abc",
+        "/publicity",
+        "/agents",
+        "/",
+    ] {
+        let r = get(&gw.url(path), None).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["error"], "not_found");
+    }
+    // The templated public route is GET only.
+    let r = send(
+        "POST",
+        &gw.url("/ccm/channels/service-identifier/abc"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn encoded_paths_are_normalized_and_traversal_is_refused() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let r = get(
+        &gw.url("/ccm/%63hannels/service-identifier/a%62c?x=1"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/ccm/channels/service-identifier/abc?x=1");
+
+    for path in [
+        "/public/../agents/1",
+        "/public/%2e%2e/agents/1",
+        "/public/%2E./agents/1",
+        "/public/a%2fb",
+        "/public//x",
+        "/public/a\\b",
+    ] {
+        assert_eq!(raw_get_status(gw.port, path), 400, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let forged = [
+        ("x-user-id", "admin"),
+        ("x-user-roles", "admin"),
+        ("x-tenant-id", "other-agency"),
+        ("x-client-id", "trusted-service"),
+    ];
+
+    // Public route: no identity at all may arrive.
+    let r = send("GET", &gw.url("/public/x"), None, &forged).await;
+    let headers = &r.json()["headers"];
+    for (name, _) in forged {
+        assert!(headers.get(name).is_none(), "{name} leaked: {headers}");
+    }
+
+    // Authenticated route: exactly the verified identity, once.
+    let t = rsa_token(
+        "alice",
+        "agent,reader",
+        &["--azp", "portal", "--claim", "agency_id=17"],
+    );
+    let r = send("GET", &gw.url("/agents/1"), Some(&t), &forged).await;
+    assert_eq!(r.status, 200);
+    let headers = &r.json()["headers"];
+    assert_eq!(headers["x-user-id"], serde_json::json!(["alice"]));
+    assert_eq!(headers["x-user-roles"], serde_json::json!(["agent,reader"]));
+    assert_eq!(headers["x-tenant-id"], serde_json::json!(["17"]));
+    assert_eq!(headers["x-client-id"], serde_json::json!(["portal"]));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let r = send(
+        "GET",
+        &gw.url("/public/x"),
+        None,
+        &[
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ],
+    )
+    .await;
+    let headers = &r.json()["headers"];
+    assert!(headers.get("x-private").is_none(), "{headers}");
+    assert!(headers.get("keep-alive").is_none(), "{headers}");
+    assert_eq!(headers["x-kept"], serde_json::json!(["1"]));
+}
+
+#[tokio::test]
+async fn scopes_are_enforced() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let with = rsa_token("svc", "", &["--scope", "openid reports:read"]);
+    let without = rsa_token("svc", "", &["--scope", "openid"]);
+    assert_eq!(get(&gw.url("/reports"), Some(&with)).await.status, 200);
+    assert_eq!(get(&gw.url("/reports"), Some(&without)).await.status, 403);
+}

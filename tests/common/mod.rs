@@ -1,0 +1,317 @@
+//! Harness for tests through the running binary: real processes on loopback ports.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Waits until something accepts on the port.
+pub fn wait_for_port(port: u16, what: &str) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not start listening on {port}");
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gateway process on its own port, with its own config directory.
+pub struct Gateway {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    proc: Proc,
+}
+
+impl Gateway {
+    /// Starts `portcullis run` with `body` as the config, after a generated `[server]` table.
+    /// `{fixtures}` in `body` stands for the fixtures directory.
+    pub fn start(body: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("gateway.toml");
+        std::fs::write(&conf, Self::config(port, dir.path(), body)).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start portcullis");
+        let gw = Gateway {
+            port,
+            dir,
+            conf,
+            proc: Proc(child),
+        };
+        wait_for_port(port, "gateway");
+        gw
+    }
+
+    pub fn config(port: u16, dir: &Path, body: &str) -> String {
+        let fixtures = fixture("").display().to_string();
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\ngrace_period = \"1s\"\n\
+             pid_file = \"{d}/pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\n{}",
+            body.replace("{fixtures}", fixtures.trim_end_matches('/')),
+            d = dir.display()
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.proc.0.try_wait(), Ok(None))
+    }
+}
+
+/// The echo upstream: answers with JSON describing the request it received.
+pub struct Echo {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let port = free_port();
+        let proc = python(&["echo", &port.to_string()]);
+        wait_for_port(port, "echo upstream");
+        Echo { port, _proc: proc }
+    }
+}
+
+/// A static file server standing in for an identity provider's JWKS endpoint.
+pub struct FileServer {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl FileServer {
+    pub fn start() -> FileServer {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut server = FileServer {
+            port: free_port(),
+            root,
+            proc: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn restart(&mut self) {
+        let root = self.root.path().display().to_string();
+        self.proc = Some(python(&["files", &self.port.to_string(), &root]));
+        wait_for_port(self.port, "file server");
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Atomically replaces a served file.
+    pub fn put(&self, name: &str, contents: &str) {
+        let path = self.root.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        std::fs::write(&tmp, contents).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn hits(&self, path: &str) -> u64 {
+        let body = reqwest::get(self.url(&format!("/__hits?path={path}")))
+            .await
+            .expect("hits")
+            .text()
+            .await
+            .expect("hits body");
+        body.trim().parse().expect("hits count")
+    }
+}
+
+fn python(args: &[&str]) -> Proc {
+    let script = repo_path("tests/support/http_fixture.py");
+    let child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 is needed for the test servers");
+    Proc(child)
+}
+
+/// Mints a token with `portcullis token`.
+pub fn token(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("run portcullis token");
+    assert!(
+        out.status.success(),
+        "token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+/// A token signed with fixture `rsa-1.pem` for issuer `https://idp.test`, audience `api`.
+pub fn rsa_token(sub: &str, roles: &str, extra: &[&str]) -> String {
+    let key = fixture("rsa-1.pem");
+    let mut args = vec![
+        "--key",
+        key.to_str().expect("path"),
+        "--kid",
+        "rsa-1",
+        "--iss",
+        "https://idp.test",
+        "--aud",
+        "api",
+        "--sub",
+        sub,
+        "--roles",
+        roles,
+    ];
+    args.extend_from_slice(extra);
+    token(&args)
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Sends a request with an optional bearer token and extra headers.
+pub async fn send(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client().request(method, url);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+    Reply {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.text().await.expect("body"),
+    }
+}
+
+pub async fn get(url: &str, bearer: Option<&str>) -> Reply {
+    send("GET", url, bearer, &[]).await
+}
+
+/// Sends `GET {target}` over a raw socket (HTTP clients normalize paths themselves) and
+/// returns the status code.
+pub fn raw_get_status(port: u16, target: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"))
+}
+
+/// Runs futures concurrently on the test runtime and collects their results in order.
+pub async fn join_all<T, F>(futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task panicked"));
+    }
+    out
+}

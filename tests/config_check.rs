@@ -1,0 +1,219 @@
+//! `portcullis check` and reload: bad configs are refused with file, line and key.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{get, repo_path, Gateway, BIN};
+
+/// Runs `portcullis check` on `text`; returns (success, stderr).
+fn check(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+const BASE: &str = r#"[server]
+listen = ["127.0.0.1:1"]
+
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_url = "https://idp.test/jwks"
+
+[upstreams.backend]
+targets = ["127.0.0.1:9"]
+"#;
+
+fn assert_refused(extra: &str, line: usize, needles: &[&str]) {
+    let (ok, err, path) = check(&format!("{BASE}{extra}"));
+    assert!(!ok, "accepted:\n{extra}");
+    assert!(
+        err.contains(&format!("{path}:{line}:")),
+        "no {path}:{line}: in {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for conf in ["conf/gateway.toml", "conf/keycloak.example.toml"] {
+        let out = Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(repo_path(conf))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{conf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    }
+    // Pingora-style flags do the same.
+    let out = Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(repo_path("conf/gateway.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"public\"\ntimeout = 3\n",
+        16,
+        &["unknown field `timeout`"],
+    );
+    assert_refused(
+        "\n[responses]\nrelam = \"x\"\n",
+        13,
+        &["unknown field `relam`"],
+    );
+}
+
+#[test]
+fn dangling_references_are_errors() {
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"nope\"\naccess = \"public\"\n",
+        14,
+        &[
+            "routes[0].upstream",
+            "no upstream named \"nope\"",
+            "defined: backend",
+        ],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"authenticated\"\nissuers = [\"idp\", \"kc\"]\n",
+        16,
+        &["routes[0].issuers", "no issuer named \"kc\""],
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    assert_refused(
+        "\n[[routes]]\npath = \"/a/{x\"\nupstream = \"backend\"\naccess = \"public\"\n",
+        13,
+        &["routes[0].path"],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"public\"\n\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"public\"\n",
+        18,
+        &["routes[1].path", "overlaps route \"/a\""],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nmethods = [\"FETCH\"]\nupstream = \"backend\"\naccess = \"public\"\n",
+        14,
+        &["routes[0].methods", "unknown method"],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\naccess = \"public\"\n",
+        12,
+        &["routes[0].upstream", "exactly one of upstream and respond"],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"maybe\"\n",
+        15,
+        &["unknown variant `maybe`"],
+    );
+}
+
+#[test]
+fn issuer_rules_are_enforced() {
+    let issuer = |body: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[issuers.x]\nissuer = \"https://x\"\n{body}"
+        )
+    };
+    let cases: &[(&str, usize, &str)] = &[
+        ("audiences = []\njwks_url = \"https://x/j\"\n", 6, "issuers.x.audiences"),
+        ("audiences = [\"a\"]\nalgorithms = [\"none\"]\njwks_url = \"https://x/j\"\n", 7, "unknown variant `none`"),
+        ("audiences = [\"a\"]\nalgorithms = [\"HS256\"]\n", 7, "need hmac_secret_file or hmac_secret_env"),
+        ("audiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhmac_secret = \"inline\"\n", 8, "unknown field `hmac_secret`"),
+        ("audiences = [\"a\"]\n", 4, "asymmetric algorithms need keys"),
+        ("audiences = [\"a\"]\njwks_url = \"https://x/j\"\ndiscovery = true\n", 8, "choose one key source; jwks_url is set too"),
+        ("audiences = [\"a\"]\njwks_file = \"missing.json\"\n", 7, "issuers.x.jwks_file"),
+        ("audiences = [\"a\"]\njwks_url = \"ftp://x/j\"\n", 7, "http:// or https://"),
+        ("audiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhmac_secret_env = \"PORTCULLIS_TEST_UNSET_VARIABLE\"\n", 8, "is not set"),
+    ];
+    for (body, line, needle) in cases {
+        let (ok, err, path) = check(&issuer(body));
+        assert!(!ok, "accepted: {body}");
+        assert!(
+            err.contains(&format!("{path}:{line}:")) && err.contains(needle),
+            "{body}\n=> {err}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let out = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent/gw.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/gw.toml"));
+}
+
+const SERVED: &str = r#"
+[[routes]]
+path = "/a"
+access = "public"
+respond = { body = "first" }
+"#;
+
+#[tokio::test]
+async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
+    let mut gw = Gateway::start(SERVED);
+    assert_eq!(get(&gw.url("/a"), None).await.body, "first");
+    let hup = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+
+    let (port, dir) = (gw.port, gw.dir.path().to_path_buf());
+    let config = |body: &str| Gateway::config(port, &dir, body);
+    std::fs::write(
+        &gw.conf,
+        config("[[routes]]\npath = \"/a\"\naccess = \"public\"\nrespond = { body = 1 }\n"),
+    )
+    .unwrap();
+    hup(gw.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(gw.is_running(), "SIGHUP killed the gateway");
+    assert_eq!(
+        get(&gw.url("/a"), None).await.body,
+        "first",
+        "a bad config replaced the good one"
+    );
+    assert!(
+        gw.log().contains("keeping the running config"),
+        "{}",
+        gw.log()
+    );
+
+    std::fs::write(&gw.conf, config(&SERVED.replace("first", "second"))).unwrap();
+    hup(gw.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&gw.url("/a"), None).await.body, "second");
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of Portcullis. Installs what is missing first, so it works on a fresh
+# Debian machine (as root, or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)          # builds aws-lc and zlib-ng
+command -v python3 >/dev/null 2>&1 || missing+=(python3)      # test upstreams and key servers
+command -v node >/dev/null 2>&1 || missing+=(nodejs)          # the OpenID provider for interop
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d tests/idp/node_modules/oidc-provider ]; then
+  (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+cargo fmt --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release --all-targets

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Test servers for the Portcullis test suite.
+
+  http_fixture.py echo PORT       answers every request with JSON describing it
+  http_fixture.py files PORT DIR  serves files from DIR, counting requests per path;
+                                  GET /__hits?path=/x returns the count for /x.
+                                  A file X.cache-control next to X sets Cache-Control.
+"""
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+HITS = {}
+LOCK = threading.Lock()
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def handle_any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), []).append(value)
+        out = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            "headers": headers,
+            "body_len": len(body),
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
+
+
+class Files(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    root = "."
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        if url.path == "/__hits":
+            path = parse_qs(url.query).get("path", [""])[0]
+            with LOCK:
+                count = HITS.get(path, 0)
+            return self.reply(200, str(count).encode())
+        with LOCK:
+            HITS[url.path] = HITS.get(url.path, 0) + 1
+        file = os.path.join(self.root, url.path.lstrip("/"))
+        if not os.path.isfile(file):
+            return self.reply(404, b"{}")
+        with open(file, "rb") as f:
+            body = f.read()
+        extra = []
+        if os.path.isfile(file + ".cache-control"):
+            with open(file + ".cache-control") as f:
+                extra.append(("Cache-Control", f.read().strip()))
+        self.reply(200, body, extra)
+
+
+def main():
+    mode, port = sys.argv[1], int(sys.argv[2])
+    if mode == "echo":
+        handler = Echo
+    else:
+        Files.root = sys.argv[3]
+        handler = Files
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
