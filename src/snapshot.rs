@@ -103,10 +103,8 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         let mut upstream_ids = BTreeMap::new();
         for (name, conf) in &config.upstreams {
-            let upstream = Upstream::compile(name, conf.get_ref()).map_err(|e| {
-                let field = e.split(':').next().unwrap_or("targets");
-                c.in_table(conf, &format!("upstreams.{name}"), field, &e)
-            })?;
+            let upstream = Upstream::compile(name, conf.get_ref())
+                .map_err(|e| c.in_table(conf, &format!("upstreams.{name}"), "targets", &e))?;
             upstream_ids.insert(name.as_str(), upstreams.len());
             upstreams.push(upstream);
         }
@@ -156,9 +154,6 @@ impl Compiler<'_> {
             .field_line(table.span().end, field)
             .or_else(|| self.find_line(0, self.source.text.len(), &format!("[{key}.{field}]")))
             .unwrap_or(start);
-        let message = message
-            .strip_prefix(&format!("{field}: "))
-            .unwrap_or(message);
         self.source.error(at, format!("{key}.{field}: {message}"))
     }
 

@@ -22,17 +22,18 @@ pub struct Upstream {
 
 impl Upstream {
     /// Resolves the targets now, so a typo fails the config check instead of requests.
+    /// Every error is about `targets`.
     pub fn compile(name: &str, conf: &UpstreamConf) -> Result<Self, String> {
         if conf.targets.is_empty() {
-            return Err("targets: at least one host:port is needed".into());
+            return Err("at least one host:port is needed".into());
         }
         let mut targets = Vec::with_capacity(conf.targets.len());
         for target in &conf.targets {
             let addr = target
                 .to_socket_addrs()
-                .map_err(|e| format!("targets: cannot resolve {target:?}: {e}"))?
+                .map_err(|e| format!("cannot resolve {target:?}: {e}"))?
                 .next()
-                .ok_or_else(|| format!("targets: {target:?} resolves to no address"))?;
+                .ok_or_else(|| format!("{target:?} resolves to no address"))?;
             targets.push(addr);
         }
         Ok(Self {

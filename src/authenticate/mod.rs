@@ -207,7 +207,7 @@ impl Authenticator {
 
 async fn verify_signature(issuer: &Issuer, token: &jwt::Unverified<'_>) -> Result<(), AuthError> {
     let alg = token.header.alg;
-    let verified = if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+    if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
         // HS* only with the issuer's own secret, never with a key from its JWKS.
         let key = issuer.hmac.as_ref().ok_or(AuthError::KeyMismatch)?;
         verify(token, key)
@@ -233,8 +233,7 @@ async fn verify_signature(issuer: &Issuer, token: &jwt::Unverified<'_>) -> Resul
                 }
             }
         }
-    };
-    verified
+    }
 }
 
 fn verify(token: &jwt::Unverified<'_>, key: &DecodingKey) -> Result<(), AuthError> {
