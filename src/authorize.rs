@@ -2,7 +2,8 @@
 
 use http::Method;
 
-use crate::authenticate::Principal;
+use crate::authenticate::{Principal, PrincipalKind};
+use crate::config::RouteCallers;
 use crate::route::MethodSet;
 
 /// One `[[routes.allow]]` rule.
@@ -22,15 +23,31 @@ impl Rule {
     }
 }
 
-/// The rules of an authenticated route. Without rules, any verified principal is admitted.
-#[derive(Debug, Clone, Default)]
+/// The rules of an authenticated route. Without rules, any verified principal of the right
+/// kind is admitted.
+#[derive(Debug, Clone)]
 pub struct Policy {
+    /// Service tokens reach only routes made for them, whatever their roles.
+    pub callers: RouteCallers,
     pub rules: Vec<Rule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            callers: RouteCallers::Users,
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// The principal is authenticated but may not do this: a 403.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Forbidden {
+    #[error("service tokens may not use this route")]
+    ServiceOnUserRoute,
+    #[error("this route is for service tokens")]
+    UserOnServiceRoute,
     #[error("no rule covers this method")]
     MethodNotCovered,
     #[error("missing role or scope")]
@@ -40,6 +57,8 @@ pub enum Forbidden {
 impl Forbidden {
     pub fn reason(self) -> &'static str {
         match self {
+            Forbidden::ServiceOnUserRoute => "service_token_on_user_route",
+            Forbidden::UserOnServiceRoute => "user_token_on_service_route",
             Forbidden::MethodNotCovered => "method_not_allowed",
             Forbidden::Insufficient => "insufficient_role_or_scope",
         }
@@ -57,6 +76,15 @@ pub enum Granted {
 
 impl Policy {
     pub fn authorize(&self, method: &Method, principal: &Principal) -> Result<Granted, Forbidden> {
+        match (self.callers, principal.kind) {
+            (RouteCallers::Users, PrincipalKind::Service) => {
+                return Err(Forbidden::ServiceOnUserRoute)
+            }
+            (RouteCallers::Services, PrincipalKind::User) => {
+                return Err(Forbidden::UserOnServiceRoute)
+            }
+            _ => {}
+        }
         if self.rules.is_empty() {
             return Ok(Granted::AnyPrincipal);
         }
@@ -85,12 +113,14 @@ mod tests {
     fn principal(roles: &[&str], scopes: &[&str]) -> Principal {
         Principal {
             issuer: "t".into(),
+            kind: PrincipalKind::User,
             subject: "u".into(),
             client_id: None,
             tenant: None,
             roles: roles.iter().map(|s| s.to_string()).collect(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             expires_at: None,
+            extra: Vec::new(),
         }
     }
 
@@ -109,6 +139,7 @@ mod tests {
                 rule(&["GET"], &["agent", "supervisor", "admin"], &[]),
                 rule(&["POST", "PUT", "DELETE"], &["supervisor", "admin"], &[]),
             ],
+            ..Policy::default()
         }
     }
 
@@ -139,11 +170,41 @@ mod tests {
     fn scopes_are_all_required() {
         let p = Policy {
             rules: vec![rule(&["GET"], &[], &["a", "b"])],
+            ..Policy::default()
         };
         assert!(p
             .authorize(&Method::GET, &principal(&[], &["a", "b", "c"]))
             .is_ok());
         assert!(p.authorize(&Method::GET, &principal(&[], &["a"])).is_err());
+    }
+
+    #[test]
+    fn service_tokens_only_on_service_routes() {
+        let admin = principal(&["admin"], &[]);
+        let service = Principal {
+            kind: PrincipalKind::Service,
+            ..admin.clone()
+        };
+        let user_route = agents_policy();
+        assert_eq!(
+            user_route.authorize(&Method::GET, &service),
+            Err(Forbidden::ServiceOnUserRoute)
+        );
+        let system = Policy {
+            callers: RouteCallers::Services,
+            ..agents_policy()
+        };
+        assert!(system.authorize(&Method::GET, &service).is_ok());
+        assert_eq!(
+            system.authorize(&Method::GET, &admin),
+            Err(Forbidden::UserOnServiceRoute)
+        );
+        let any = Policy {
+            callers: RouteCallers::Any,
+            ..agents_policy()
+        };
+        assert!(any.authorize(&Method::GET, &service).is_ok());
+        assert!(any.authorize(&Method::GET, &admin).is_ok());
     }
 
     #[test]

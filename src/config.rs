@@ -31,6 +31,188 @@ pub struct Config {
     /// `[[routes]]`: what is reachable, and who may reach it.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConf>>,
+    /// `[client_ip]`: where the caller's address comes from.
+    #[serde(default)]
+    pub client_ip: ClientIpConf,
+    /// `[rate_limit]`: consumer tiers and their limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitConf,
+    /// `[admin]`: the operator listener (metrics).
+    #[serde(default)]
+    pub admin: AdminConf,
+}
+
+/// `[admin]`: a listener for operators, never for clients. Read at start only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConf {
+    /// Address serving `GET /metrics` (Prometheus text format), e.g. `127.0.0.1:9091`.
+    /// Default: none.
+    pub listen: Option<String>,
+}
+
+/// `[client_ip]`: the caller's address, as anonymous rate limits key on it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpConf {
+    /// Load balancers and proxies in front of the gateway, as addresses or CIDR blocks. Only
+    /// when the socket peer is one of them is the forwarding header read. Default: none.
+    pub trusted_proxies: Vec<String>,
+    /// `x-forwarded-for` (default) or `forwarded` (RFC 7239).
+    pub header: ForwardedHeader,
+}
+
+/// The header trusted proxies name the client in.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConf {
+    /// Headers that tell clients their quota: `ietf` (default: `RateLimit-Policy` and
+    /// `RateLimit`, draft-ietf-httpapi-ratelimit-headers), `x-ratelimit`
+    /// (`X-RateLimit-Limit/Remaining/Reset`), `both`, or `none`. `Retry-After` is always sent
+    /// with a 429.
+    pub headers: RateLimitHeaders,
+    /// Most counters kept in memory (local tiers, and Redis tiers while Redis is away). When
+    /// full, the counters closest to a fresh quota are dropped first. Default: 1,000,000
+    /// (about 32 MiB).
+    pub local_max_keys: usize,
+    /// `[rate_limit.redis]`: the shared store for tiers with `backend = "redis"`.
+    pub redis: Option<Spanned<RedisConf>>,
+    /// `[[rate_limit.tiers]]`: tried in order; a caller gets the first tier that matches it.
+    /// A caller no tier matches is not limited.
+    pub tiers: Vec<Spanned<TierConf>>,
+}
+
+impl Default for RateLimitConf {
+    fn default() -> Self {
+        Self {
+            headers: RateLimitHeaders::Ietf,
+            local_max_keys: 1_000_000,
+            redis: None,
+            tiers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimitHeaders {
+    Ietf,
+    XRatelimit,
+    Both,
+    None,
+}
+
+/// `[rate_limit.redis]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConf {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Longest wait for one decision; past it, the tier's `on_redis_error` applies.
+    /// Default: 50ms.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failure, Redis is not asked again for this long. Default: 1s.
+    #[serde(default = "default_redis_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Prefix of every key the gateway writes. Default: `portcullis:rl:`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_redis_retry() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_redis_prefix() -> String {
+    "portcullis:rl:".into()
+}
+
+/// The kind of caller a tier or a route is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerKind {
+    /// No token (public routes).
+    Anonymous,
+    /// A token with a user behind it.
+    Users,
+    /// A service token: client credentials, no user (see `issuers.NAME.service_tokens`).
+    Services,
+}
+
+/// `[[rate_limit.tiers]]`: a class of consumers and its limits. Every condition given must
+/// hold for a caller to fall in the tier.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConf {
+    /// Name, in headers, logs, metrics and Redis keys.
+    pub name: String,
+    /// `users` (default), `services` or `anonymous`. A user token never falls in a
+    /// `services` tier, nor a service token in a `users` tier.
+    #[serde(default = "default_tier_callers")]
+    pub callers: CallerKind,
+    /// Only tokens of these issuers.
+    pub issuers: Option<Vec<Spanned<String>>>,
+    /// Only tokens issued to these clients (`azp` / `client_id`), e.g. the portal and mobile apps.
+    pub client_ids: Option<Vec<String>>,
+    /// Only tokens whose claim has one of the values: `{ name = "plan", values = ["gold"] }`.
+    pub claim: Option<ClaimMatchConf>,
+    /// What one consumer is: `sub`, `client_id`, `client_ip` or `claim:PATH`. Default: `sub`
+    /// for users, `client_id` for services, `client_ip` for anonymous callers.
+    pub consumer: Option<String>,
+    /// Limits, all enforced: `["20/second", "500/hour"]`; also `"100/10s"`.
+    pub limits: Vec<String>,
+    /// More limits on routes of a `limit_group`, counted separately per group:
+    /// `{ reports = ["10/minute"] }`.
+    #[serde(default)]
+    pub group_limits: BTreeMap<String, Vec<String>>,
+    /// `local` (default: this process only) or `redis` (shared by every gateway instance).
+    #[serde(default)]
+    pub backend: LimitBackend,
+    /// When Redis does not answer in time: `fail_open` (default: the local limiter decides)
+    /// or `fail_closed` (503).
+    #[serde(default)]
+    pub on_redis_error: FailMode,
+}
+
+fn default_tier_callers() -> CallerKind {
+    CallerKind::Users
+}
+
+/// `claim = { name = "plan", values = ["gold", "platinum"] }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatchConf {
+    /// Dot-separated claim path.
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    #[default]
+    FailOpen,
+    FailClosed,
 }
 
 /// `[server]`
@@ -170,9 +352,14 @@ pub struct IssuerConf {
     /// Tolerance applied to `exp` and `nbf`. Default: 30s.
     #[serde(default = "default_clock_skew", with = "humantime_serde")]
     pub clock_skew: Duration,
-    /// Accept tokens without `exp`. Default: false.
+    /// Accept service tokens without `exp` (user tokens always need one). Default: false.
     #[serde(default)]
     pub allow_non_expiring: bool,
+    /// How a service token (client credentials, no user behind it) is told apart:
+    /// `sub_is_client` (default: `sub` equals the client id, RFC 9068 §2.2), `claim:NAME`
+    /// (the claim is present; Keycloak's service accounts carry `client_id`), or `none`.
+    #[serde(default = "default_service_tokens")]
+    pub service_tokens: String,
     /// Keys from a local JWKS file, read at load.
     pub jwks_file: Option<PathBuf>,
     /// Keys from a JWKS URL, fetched in the background.
@@ -194,6 +381,9 @@ pub struct IssuerConf {
     pub claims: ClaimsConf,
 }
 
+fn default_service_tokens() -> String {
+    "sub_is_client".into()
+}
 fn default_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::RS256]
 }
@@ -324,6 +514,19 @@ pub struct RouteConf {
     /// `[[routes.allow]]`: who may call this route. Without rules, any valid token may.
     #[serde(default)]
     pub allow: Vec<AllowConf>,
+    /// Which tokens an authenticated route takes: `users` (default), `services` (system and
+    /// metadata APIs for backend jobs), or `any`.
+    pub callers: Option<RouteCallers>,
+    /// Tiers' `group_limits` for this name apply to this route.
+    pub limit_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteCallers {
+    Users,
+    Services,
+    Any,
 }
 
 /// `respond = { status = 200, body = "…" }`: a response the gateway writes itself.

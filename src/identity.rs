@@ -114,12 +114,14 @@ mod tests {
     fn principal(subject: &str) -> Principal {
         Principal {
             issuer: "kc".into(),
+            kind: crate::authenticate::PrincipalKind::User,
             subject: subject.into(),
             client_id: Some("portal".into()),
             tenant: None,
             roles: vec!["agent".into(), "admin".into()],
             scopes: vec![],
             expires_at: None,
+            extra: Vec::new(),
         }
     }
 

@@ -1,14 +1,18 @@
 //! Portcullis: an API security gateway on Pingora.
 //!
-//! A request passes [`route`] → [`authenticate`] → [`authorize`] → upstream, as laid out in
-//! [`proxy`]. Configuration is read by [`config`] and compiled into a [`snapshot`].
+//! A request passes [`route`] → [`authenticate`] → [`authorize`] → [`rate_limit`] → upstream,
+//! as laid out in [`proxy`]. Configuration is read by [`config`] and compiled into a [`snapshot`].
 
+pub mod admin;
 pub mod authenticate;
 pub mod authorize;
+pub mod client_ip;
 pub mod config;
 pub mod identity;
 pub mod key_refresh;
+pub mod metrics;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reload;
 pub mod respond;
 pub mod route;

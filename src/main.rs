@@ -8,7 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 
+use portcullis::admin::Admin;
 use portcullis::key_refresh::KeyRefresher;
 use portcullis::proxy::Gateway;
 use portcullis::reload::{catch_sighup, Reloader};
@@ -226,6 +228,11 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         "key refresh",
         KeyRefresher::new(shared.clone()),
     ));
+    if let Some(addr) = settings.admin_listen {
+        let mut admin = Service::new("admin".into(), Admin);
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     server.add_service(background_service(
         "reload",
         Reloader::new(path.clone(), shared, hangup),

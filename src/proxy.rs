@@ -1,18 +1,21 @@
-//! The request path: route → authenticate → authorize → upstream, in that order, in one place.
+//! The request path: route → authenticate → authorize → rate-limit → upstream, in that order,
+//! in one place.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::header::HOST;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
 use crate::config::Access;
 use crate::identity::IdentityValues;
+use crate::rate_limit::{Caller, Verdict};
 use crate::respond::{Rejection, Reply};
 use crate::route;
 use crate::snapshot::{Action, SharedSnapshot, Snapshot};
@@ -36,6 +39,17 @@ pub struct RequestCtx {
     identity: Option<IdentityValues>,
     /// The normalized path, when it differs from what the client sent.
     normalized_path: Option<String>,
+    /// The rate-limit verdict, reported to the client in headers on every response.
+    quota: Option<Verdict>,
+}
+
+impl RequestCtx {
+    fn quota_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        match &self.quota {
+            Some(v) => self.snapshot.rate_limiter.headers(v),
+            None => Vec::new(),
+        }
+    }
 }
 
 /// What to do with a request that passed every check.
@@ -45,12 +59,14 @@ enum Admitted<'s> {
 }
 
 /// One line per denial, for operators; the token itself is never logged.
-fn log_denial(req: &RequestHeader, rejection: &Rejection) {
+fn log_denial(req: &RequestHeader, snap: &Snapshot, rejection: &Rejection) {
     let reason = match rejection {
         Rejection::BadPath(e) => e.to_string(),
         Rejection::NotFound => "no route".into(),
         Rejection::Unauthorized(e) => e.reason().into(),
         Rejection::Forbidden(e) => e.reason().into(),
+        Rejection::Limited(v) => format!("rate_limited tier={}", snap.rate_limiter.tier_name(v)),
+        Rejection::LimiterUnavailable(_) => "rate_limit_store_unavailable".into(),
     };
     log::info!(
         target: "portcullis::audit",
@@ -61,9 +77,11 @@ fn log_denial(req: &RequestHeader, rejection: &Rejection) {
     );
 }
 
-/// Route, authenticate and authorize a request. Reads top to bottom as the gateway's policy.
+/// Route, authenticate, authorize and rate-limit a request. Reads top to bottom as the
+/// gateway's policy.
 async fn admit<'s>(
     req: &RequestHeader,
+    peer: Option<IpAddr>,
     snap: &'s Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<Admitted<'s>, Rejection> {
@@ -112,7 +130,26 @@ async fn admit<'s>(
         None => None,
     };
 
-    // 4. Hand over to the upstream, or answer directly.
+    // 4. Rate-limit, per consumer of the caller's tier.
+    if !snap.rate_limiter.is_empty() {
+        let caller = Caller {
+            principal: principal.as_ref(),
+            ip: snap.client_ip.resolve(peer, req),
+        };
+        let verdict = snap
+            .rate_limiter
+            .check(&caller, route.limit_group)
+            .await
+            .map_err(Rejection::LimiterUnavailable)?;
+        if let Some(verdict) = verdict {
+            ctx.quota = Some(verdict);
+            if !verdict.allowed() {
+                return Err(Rejection::Limited(verdict));
+            }
+        }
+    }
+
+    // 5. Hand over to the upstream, or answer directly.
     Ok(match &route.action {
         Action::Forward(upstream) => Admitted::Forward(*upstream, identity),
         Action::Respond(reply) => Admitted::Respond(reply),
@@ -129,28 +166,38 @@ impl ProxyHttp for Gateway {
             upstream: None,
             identity: None,
             normalized_path: None,
+            quota: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = ctx.snapshot.clone();
-        let outcome = admit(session.req_header(), &snap, ctx).await;
-        match outcome {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let outcome = admit(session.req_header(), peer, &snap, ctx).await;
+        let reply = match outcome {
             Ok(Admitted::Forward(upstream, identity)) => {
                 ctx.upstream = Some(upstream);
                 ctx.identity = identity;
-                Ok(false)
+                return Ok(false);
             }
-            Ok(Admitted::Respond(reply)) => {
-                reply.send(session).await?;
-                Ok(true)
-            }
+            Ok(Admitted::Respond(reply)) => Cow::Borrowed(reply),
             Err(rejection) => {
-                log_denial(session.req_header(), &rejection);
-                snap.responses.reply(rejection).send(session).await?;
-                Ok(true)
+                log_denial(session.req_header(), &snap, &rejection);
+                Cow::Owned(snap.responses.reply(rejection))
             }
+        };
+        let quota = ctx.quota_headers();
+        if quota.is_empty() {
+            reply.send(session).await?;
+        } else {
+            let mut reply = reply.into_owned();
+            reply.headers.extend(quota);
+            reply.send(session).await?;
         }
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -185,6 +232,18 @@ impl ProxyHttp for Gateway {
                 Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
             })?;
             upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for (name, value) in ctx.quota_headers() {
+            upstream_response.insert_header(name, value)?;
         }
         Ok(())
     }

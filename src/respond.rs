@@ -8,6 +8,7 @@ use pingora_proxy::Session;
 use crate::authenticate::AuthError;
 use crate::authorize::Forbidden;
 use crate::config::ResponsesConf;
+use crate::rate_limit::{StoreUnavailable, Verdict};
 use crate::route::PathError;
 
 /// A complete response, ready to write.
@@ -54,6 +55,10 @@ pub enum Rejection {
     NotFound,
     Unauthorized(AuthError),
     Forbidden(Forbidden),
+    /// Over the tier's limit.
+    Limited(Verdict),
+    /// The tier's limit store is unreachable and the tier fails closed.
+    LimiterUnavailable(StoreUnavailable),
 }
 
 impl Rejection {
@@ -63,6 +68,8 @@ impl Rejection {
             Rejection::NotFound => 404,
             Rejection::Unauthorized(_) => 401,
             Rejection::Forbidden(_) => 403,
+            Rejection::Limited(_) => 429,
+            Rejection::LimiterUnavailable(_) => 503,
         }
     }
 }
@@ -116,6 +123,26 @@ impl Responses {
             Rejection::BadPath(e) => json_error(400, "invalid_request", &e.to_string()),
             Rejection::NotFound => json_error(404, "not_found", "no route matches this request"),
             Rejection::Forbidden(_) => self.forbidden.clone(),
+            // Retry-After and the quota headers come from the rate limiter.
+            Rejection::Limited(v) => json_error(
+                429,
+                "rate_limited",
+                &format!(
+                    "too many requests; retry after {} s",
+                    v.retry_after_secs()
+                ),
+            ),
+            Rejection::LimiterUnavailable(u) => {
+                let mut reply = json_error(
+                    503,
+                    "temporarily_unavailable",
+                    "the rate limit store is unavailable",
+                );
+                reply
+                    .headers
+                    .push((http::header::RETRY_AFTER, HeaderValue::from(u.retry_after_secs)));
+                reply
+            }
             Rejection::Unauthorized(e) => {
                 // RFC 6750 §3.1: no error code when the request carried no token at all.
                 let challenge = match e {

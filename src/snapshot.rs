@@ -15,10 +15,16 @@ use http::HeaderValue;
 use jsonwebtoken::DecodingKey;
 use toml::Spanned;
 
-use crate::authenticate::{Authenticator, ClaimMap, Issuer, IssuerId, KeySource, KeyStore};
+use crate::authenticate::{
+    Authenticator, ClaimMap, Issuer, IssuerId, KeySource, KeyStore, ServiceTokenRule,
+};
 use crate::authorize::{Policy, Rule};
-use crate::config::{self, Access, Config, ConfigError, IssuerConf, RouteConf, SourceFile};
+use crate::client_ip::ClientIpResolver;
+use crate::config::{
+    self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile,
+};
 use crate::identity::IdentityHeaders;
+use crate::rate_limit::{self, GroupId, RateLimiter};
 use crate::respond::{Reply, Responses};
 use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
 use crate::upstream::{Upstream, UpstreamId};
@@ -41,6 +47,7 @@ pub struct Route {
     /// Issuers this route trusts; `None`: all.
     pub issuers: Option<Vec<IssuerId>>,
     pub policy: Policy,
+    pub limit_group: Option<GroupId>,
     pub action: Action,
 }
 
@@ -52,6 +59,8 @@ pub struct ServerSettings {
     pub grace_period: std::time::Duration,
     pub pid_file: String,
     pub upgrade_sock: String,
+    /// The admin listener (`/metrics`).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 pub struct Snapshot {
@@ -62,6 +71,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub responses: Responses,
     pub identity: IdentityHeaders,
+    pub client_ip: ClientIpResolver,
+    pub rate_limiter: RateLimiter,
 }
 
 impl Snapshot {
@@ -109,9 +120,31 @@ impl Snapshot {
             upstreams.push(upstream);
         }
 
+        let client_ip = ClientIpResolver::compile(&config.client_ip)
+            .map_err(|e| c.at_key("client_ip", &format!("client_ip.trusted_proxies: {e}")))?;
+
+        // Groups are named by routes and referred to by tiers.
+        let mut groups: BTreeMap<&str, GroupId> = BTreeMap::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            if let Some(group) = &route.get_ref().limit_group {
+                if !rate_limit::valid_name(group) {
+                    let key = format!("routes[{i}]");
+                    return Err(c.in_table(route, &key, "limit_group", rate_limit::NAME_RULE));
+                }
+                let next = groups.len();
+                groups.entry(group.as_str()).or_insert(next);
+            }
+        }
+        let rate_limiter = c.rate_limiter(
+            config,
+            &groups,
+            &mut authenticator,
+            previous.map(|p| &p.rate_limiter),
+        )?;
+
         let mut router = Router::default();
         for (i, route) in config.routes.iter().enumerate() {
-            c.route(i, route, &issuer_ids, &upstream_ids, &mut router)?;
+            c.route(i, route, &issuer_ids, &upstream_ids, &groups, &mut router)?;
         }
 
         Ok(Snapshot {
@@ -122,6 +155,8 @@ impl Snapshot {
             upstreams,
             responses,
             identity,
+            client_ip,
+            rate_limiter,
         })
     }
 }
@@ -214,13 +249,50 @@ impl Compiler<'_> {
         if s.threads == 0 {
             return Err(err("threads", "must be at least 1"));
         }
+        let admin_listen = match &config.admin.listen {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                self.at_key(
+                    "admin",
+                    &format!("admin.listen: {a:?} is not an ip:port address"),
+                )
+            })?),
+        };
         Ok(ServerSettings {
             listen,
             threads: s.threads,
             grace_period: s.grace_period,
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),
+            admin_listen,
         })
+    }
+
+    fn rate_limiter(
+        &self,
+        config: &Config,
+        groups: &BTreeMap<&str, GroupId>,
+        authenticator: &mut Authenticator,
+        previous: Option<&RateLimiter>,
+    ) -> Result<RateLimiter, ConfigError> {
+        let conf = &config.rate_limit;
+        let mut limiter = RateLimiter::new(conf, previous).map_err(|e| match &conf.redis {
+            Some(redis) if e.field == "redis" => {
+                self.source
+                    .error(redis.span().start, format!("rate_limit.redis.{}", e.message))
+            }
+            _ => self.at_key("rate_limit", &format!("rate_limit.{}: {}", e.field, e.message)),
+        })?;
+        let issuers: Vec<&str> = config.issuers.keys().map(String::as_str).collect();
+        for (i, tier) in conf.tiers.iter().enumerate() {
+            limiter
+                .add_tier(tier.get_ref(), groups, &issuers, authenticator)
+                .map_err(|e| {
+                    let key = format!("rate_limit.tiers[{i}]");
+                    self.in_table(tier, &key, e.field, &e.message)
+                })?;
+        }
+        Ok(limiter)
     }
 
     fn issuer(
@@ -375,6 +447,8 @@ impl Compiler<'_> {
         };
 
         let claims = ClaimMap::compile(&conf.claims).map_err(|e| err("claims", &e))?;
+        let service_tokens = ServiceTokenRule::parse(&conf.service_tokens)
+            .map_err(|e| err("service_tokens", &e))?;
         Ok(Issuer {
             name: name.into(),
             iss: conf.issuer.as_str().into(),
@@ -385,6 +459,7 @@ impl Compiler<'_> {
             keys,
             hmac,
             claims,
+            service_tokens,
         })
     }
 
@@ -394,6 +469,7 @@ impl Compiler<'_> {
         spanned: &Spanned<RouteConf>,
         issuer_ids: &BTreeMap<&str, IssuerId>,
         upstream_ids: &BTreeMap<&str, UpstreamId>,
+        groups: &BTreeMap<&str, GroupId>,
         router: &mut Router<Route>,
     ) -> Result<(), ConfigError> {
         let r = spanned.get_ref();
@@ -469,10 +545,10 @@ impl Compiler<'_> {
 
         let policy = match r.access {
             Access::Public => {
-                if !r.allow.is_empty() || issuers.is_some() {
+                if !r.allow.is_empty() || issuers.is_some() || r.callers.is_some() {
                     return Err(err(
                         "access",
-                        "a public route takes no `allow` rules or `issuers`",
+                        "a public route takes no `allow` rules, `issuers` or `callers`",
                     ));
                 }
                 Policy::default()
@@ -493,7 +569,10 @@ impl Compiler<'_> {
                         scopes: rule.scopes.iter().map(|s| s.as_str().into()).collect(),
                     });
                 }
-                Policy { rules }
+                Policy {
+                    callers: r.callers.unwrap_or(RouteCallers::Users),
+                    rules,
+                }
             }
         };
 
@@ -502,6 +581,7 @@ impl Compiler<'_> {
             access: r.access,
             issuers,
             policy,
+            limit_group: r.limit_group.as_deref().and_then(|g| groups.get(g).copied()),
             action,
         };
         let key_in_table = RouteKey {

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::config::ClaimsConf;
 
 /// A dot-separated claim path, split once at load.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimPath(Vec<Box<str>>);
 
 impl ClaimPath {
@@ -107,8 +107,10 @@ fn collect_strings(value: Option<&Value>, out: &mut Vec<String>) {
     }
 }
 
-fn scalar(value: Option<&Value>) -> Option<String> {
+/// A string or number claim as text; empty strings count as absent.
+pub(super) fn scalar(value: Option<&Value>) -> Option<String> {
     match value? {
+        Value::String(s) if s.is_empty() => None,
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,

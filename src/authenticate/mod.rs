@@ -18,11 +18,20 @@ use pingora_http::RequestHeader;
 pub use claims::{ClaimMap, ClaimPath};
 pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
 
+/// Whether a user stands behind a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    User,
+    /// A backend job's token (client credentials grant): no user, maybe no expiry.
+    Service,
+}
+
 /// A caller whose token was verified.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Configured name of the issuer that vouched for the token.
     pub issuer: Arc<str>,
+    pub kind: PrincipalKind,
     pub subject: String,
     pub client_id: Option<String>,
     pub tenant: Option<String>,
@@ -30,9 +39,16 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// `exp`, seconds since the epoch; `None` for a non-expiring token.
     pub expires_at: Option<u64>,
+    /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
+    pub extra: Vec<Option<String>>,
 }
 
 impl Principal {
+    /// The value of a claim registered with [`Authenticator::claim_slot`].
+    pub fn claim(&self, slot: ClaimSlot) -> Option<&str> {
+        self.extra.get(slot.0)?.as_deref()
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -117,6 +133,32 @@ pub fn bearer_token(req: &RequestHeader) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// How an issuer's service tokens are told apart from user tokens.
+#[derive(Debug, Clone)]
+pub enum ServiceTokenRule {
+    /// `sub` equals the client id (RFC 9068 §2.2).
+    SubIsClient,
+    /// The claim is present and not empty.
+    Claim(ClaimPath),
+    /// This issuer issues no service tokens.
+    None,
+}
+
+impl ServiceTokenRule {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "sub_is_client" => Ok(Self::SubIsClient),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("claim:") {
+                Some(path) => Ok(Self::Claim(ClaimPath::parse(path)?)),
+                None => Err(format!(
+                    "{s:?}: expected \"sub_is_client\", \"claim:NAME\" or \"none\""
+                )),
+            },
+        }
+    }
+}
+
 /// One identity provider, compiled.
 pub struct Issuer {
     pub name: Arc<str>,
@@ -129,16 +171,22 @@ pub struct Issuer {
     /// Key for HS* algorithms, from a secret outside the config file.
     pub hmac: Option<DecodingKey>,
     pub claims: ClaimMap,
+    pub service_tokens: ServiceTokenRule,
 }
 
 /// Index of an issuer in an [`Authenticator`]; routes refer to issuers this way.
 pub type IssuerId = usize;
+
+/// A claim other parts of the config read from principals (see [`Principal::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimSlot(usize);
 
 /// All issuers of a config.
 #[derive(Default)]
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<Box<str>, IssuerId>,
+    extra_claims: Vec<ClaimPath>,
 }
 
 impl Authenticator {
@@ -155,6 +203,18 @@ impl Authenticator {
 
     pub fn issuers(&self) -> &[Issuer] {
         &self.issuers
+    }
+
+    /// Asks for `path` to be read from every verified token into [`Principal::extra`].
+    pub fn claim_slot(&mut self, path: ClaimPath) -> ClaimSlot {
+        let i = match self.extra_claims.iter().position(|p| *p == path) {
+            Some(i) => i,
+            None => {
+                self.extra_claims.push(path);
+                self.extra_claims.len() - 1
+            }
+        };
+        ClaimSlot(i)
     }
 
     /// Verifies `token`. `accepted` restricts which issuers this route trusts (`None`: all).
@@ -193,14 +253,36 @@ impl Authenticator {
             .claims
             .read(&token.claims)
             .map_err(AuthError::InvalidClaim)?;
+        let kind = match &issuer.service_tokens {
+            ServiceTokenRule::SubIsClient
+                if identity.client_id.as_deref() == Some(identity.subject.as_str()) =>
+            {
+                PrincipalKind::Service
+            }
+            ServiceTokenRule::Claim(path) if claims::scalar(path.get(&token.claims)).is_some() => {
+                PrincipalKind::Service
+            }
+            _ => PrincipalKind::User,
+        };
+        // A user's token always expires, whatever the issuer allows its backend jobs.
+        if expires_at.is_none() && kind == PrincipalKind::User {
+            return Err(AuthError::MissingExpiry);
+        }
+        let extra = self
+            .extra_claims
+            .iter()
+            .map(|p| claims::scalar(p.get(&token.claims)))
+            .collect();
         Ok(Principal {
             issuer: issuer.name.clone(),
+            kind,
             subject: identity.subject,
             client_id: identity.client_id,
             tenant: identity.tenant,
             roles: identity.roles,
             scopes: identity.scopes,
             expires_at,
+            extra,
         })
     }
 }

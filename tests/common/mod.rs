@@ -259,8 +259,18 @@ pub async fn send(
     bearer: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Reply {
+    exchange(&client(), method, url, bearer, headers).await
+}
+
+async fn exchange(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = client().request(method, url);
+    let mut req = client.request(method, url);
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
@@ -314,4 +324,96 @@ where
         out.push(h.await.expect("task panicked"));
     }
     out
+}
+
+/// A real `redis-server` on its own port, stopped when dropped. It can be killed and started
+/// again on the same port.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            proc: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), empty.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install redis-server)");
+        self.proc = Some(Proc(child));
+        wait_for_port(self.port, "redis-server");
+    }
+
+    /// Kills the server outright, as a crash would.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: connections stay open, answers stop.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().expect("redis running").0.id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Runs a command with `redis-cli` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// Like [`send`] with GET, from a chosen loopback source address (all of 127.0.0.0/8 is
+/// local on Linux).
+pub async fn send_from(
+    source: &str,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(Some(source.parse().expect("source address")))
+        .build()
+        .expect("client");
+    exchange(&client, "GET", url, bearer, headers).await
+}
+
+/// The value of one Prometheus sample from an admin listener, e.g.
+/// `portcullis_rate_limit_decisions_total{outcome="allowed",tier="users"}`; 0 when absent.
+pub async fn metric(admin_port: u16, sample: &str) -> f64 {
+    let text = get(&format!("http://127.0.0.1:{admin_port}/metrics"), None)
+        .await
+        .body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
