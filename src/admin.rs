@@ -19,11 +19,7 @@ impl ServeHttp for Admin {
                 "text/plain; version=0.0.4",
                 metrics::render().into_bytes(),
             ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                b"not found\n".to_vec(),
-            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
         };
         let built = Response::builder()
             .status(status)

@@ -174,7 +174,10 @@ mod tests {
             "forwarded",
             &[r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#],
         );
-        assert_eq!(r.resolve(Some(ip("127.0.0.1")), &h), ip("2001:db8:cafe::17"));
+        assert_eq!(
+            r.resolve(Some(ip("127.0.0.1")), &h),
+            ip("2001:db8:cafe::17")
+        );
     }
 
     #[test]

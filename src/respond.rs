@@ -127,10 +127,7 @@ impl Responses {
             Rejection::Limited(v) => json_error(
                 429,
                 "rate_limited",
-                &format!(
-                    "too many requests; retry after {} s",
-                    v.retry_after_secs()
-                ),
+                &format!("too many requests; retry after {} s", v.retry_after_secs()),
             ),
             Rejection::LimiterUnavailable(u) => {
                 let mut reply = json_error(
@@ -138,9 +135,10 @@ impl Responses {
                     "temporarily_unavailable",
                     "the rate limit store is unavailable",
                 );
-                reply
-                    .headers
-                    .push((http::header::RETRY_AFTER, HeaderValue::from(u.retry_after_secs)));
+                reply.headers.push((
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(u.retry_after_secs),
+                ));
                 reply
             }
             Rejection::Unauthorized(e) => {

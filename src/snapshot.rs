@@ -277,11 +277,14 @@ impl Compiler<'_> {
     ) -> Result<RateLimiter, ConfigError> {
         let conf = &config.rate_limit;
         let mut limiter = RateLimiter::new(conf, previous).map_err(|e| match &conf.redis {
-            Some(redis) if e.field == "redis" => {
-                self.source
-                    .error(redis.span().start, format!("rate_limit.redis.{}", e.message))
-            }
-            _ => self.at_key("rate_limit", &format!("rate_limit.{}: {}", e.field, e.message)),
+            Some(redis) if e.field == "redis" => self.source.error(
+                redis.span().start,
+                format!("rate_limit.redis.{}", e.message),
+            ),
+            _ => self.at_key(
+                "rate_limit",
+                &format!("rate_limit.{}: {}", e.field, e.message),
+            ),
         })?;
         let issuers: Vec<&str> = config.issuers.keys().map(String::as_str).collect();
         for (i, tier) in conf.tiers.iter().enumerate() {
@@ -447,8 +450,8 @@ impl Compiler<'_> {
         };
 
         let claims = ClaimMap::compile(&conf.claims).map_err(|e| err("claims", &e))?;
-        let service_tokens = ServiceTokenRule::parse(&conf.service_tokens)
-            .map_err(|e| err("service_tokens", &e))?;
+        let service_tokens =
+            ServiceTokenRule::parse(&conf.service_tokens).map_err(|e| err("service_tokens", &e))?;
         Ok(Issuer {
             name: name.into(),
             iss: conf.issuer.as_str().into(),
@@ -581,7 +584,10 @@ impl Compiler<'_> {
             access: r.access,
             issuers,
             policy,
-            limit_group: r.limit_group.as_deref().and_then(|g| groups.get(g).copied()),
+            limit_group: r
+                .limit_group
+                .as_deref()
+                .and_then(|g| groups.get(g).copied()),
             action,
         };
         let key_in_table = RouteKey {

@@ -134,6 +134,61 @@ fn semantic_errors_name_the_key() {
 }
 
 #[test]
+fn rate_limit_mistakes_are_errors() {
+    let tier = |body: &str| format!("\n[[rate_limit.tiers]]\nname = \"users\"\n{body}");
+    assert_refused(
+        &tier("limits = [\"5/fortnight\"]\n"),
+        14,
+        &[
+            "rate_limit.tiers[0].limits",
+            "\"5/fortnight\": expected COUNT/PERIOD",
+        ],
+    );
+    assert_refused(
+        &tier("limits = [\"5/minute\"]\nbackend = \"redis\"\n"),
+        15,
+        &[
+            "rate_limit.tiers[0].backend",
+            "needs a [rate_limit.redis] table",
+        ],
+    );
+    assert_refused(
+        &tier("limits = [\"5/minute\"]\ngroup_limits = { nope = [\"1/minute\"] }\n"),
+        15,
+        &[
+            "rate_limit.tiers[0].group_limits",
+            "no route has limit_group = \"nope\"",
+        ],
+    );
+    assert_refused(
+        &tier("callers = \"anonymous\"\nlimits = [\"5/minute\"]\nconsumer = \"sub\"\n"),
+        16,
+        &[
+            "rate_limit.tiers[0].consumer",
+            "only be told apart by client_ip",
+        ],
+    );
+    assert_refused(
+        &tier("limits = [\"5/minute\", \"10/60s\"]\n"),
+        14,
+        &["two limits of the same period"],
+    );
+    assert_refused(
+        "\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        12,
+        &[
+            "client_ip.trusted_proxies",
+            "\"10.0.0.0/33\" is not an address or CIDR block",
+        ],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/a\"\nupstream = \"backend\"\naccess = \"public\"\ncallers = \"services\"\n",
+        15,
+        &["routes[0].access", "takes no `allow` rules, `issuers` or `callers`"],
+    );
+}
+
+#[test]
 fn issuer_rules_are_enforced() {
     let issuer = |body: &str| {
         format!(
@@ -150,6 +205,7 @@ fn issuer_rules_are_enforced() {
         ("audiences = [\"a\"]\njwks_file = \"missing.json\"\n", 7, "issuers.x.jwks_file"),
         ("audiences = [\"a\"]\njwks_url = \"ftp://x/j\"\n", 7, "http:// or https://"),
         ("audiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhmac_secret_env = \"PORTCULLIS_TEST_UNSET_VARIABLE\"\n", 8, "is not set"),
+        ("audiences = [\"a\"]\njwks_url = \"https://x/j\"\nservice_tokens = \"maybe\"\n", 8, "issuers.x.service_tokens"),
     ];
     for (body, line, needle) in cases {
         let (ok, err, path) = check(&issuer(body));

@@ -66,10 +66,12 @@ discovery = true
 [upstreams.backend]
 targets = ["127.0.0.1:{port}"]
 
+# Client-credentials tokens have no user behind them: these routes are for services.
 [[routes]]
 path = "/agents"
 upstream = "backend"
 access = "authenticated"
+callers = "services"
 
 [[routes.allow]]
 methods = ["GET"]
@@ -80,9 +82,19 @@ scopes = ["agents:read"]
 path = "/reports"
 upstream = "backend"
 access = "authenticated"
+callers = "services"
 
 [[routes.allow]]
 scopes = ["reports:read"]
+
+# A user-context route: the same roles, but only for tokens with a user behind them.
+[[routes]]
+path = "/profile"
+upstream = "backend"
+access = "authenticated"
+
+[[routes.allow]]
+roles = ["agent"]
 "#,
         port = echo.port
     ));
@@ -100,6 +112,11 @@ scopes = ["reports:read"]
     let seen = r.json();
     assert_eq!(seen["headers"]["x-user-id"], serde_json::json!([CLIENT]));
     assert_eq!(seen["headers"]["x-client-id"], serde_json::json!([CLIENT]));
+
+    // The provider marks client-credentials tokens as RFC 9068 says (`sub` is the client), so
+    // the gateway knows no user is behind it and keeps it off user routes, roles or not.
+    let r = get(&gw.url("/profile"), Some(&token)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
 
     // Authenticated, but the token lacks the scope.
     assert_eq!(get(&gw.url("/reports"), Some(&token)).await.status, 403);

@@ -15,7 +15,9 @@ allow_non_expiring = true
 "#;
 
 fn remaining(r: &Reply) -> u64 {
-    let v = r.header("ratelimit").unwrap_or_else(|| panic!("no RateLimit in {r:?}", r = r.headers));
+    let v = r
+        .header("ratelimit")
+        .unwrap_or_else(|| panic!("no RateLimit in {r:?}", r = r.headers));
     v.split(';')
         .find_map(|p| p.strip_prefix("r="))
         .and_then(|n| n.parse().ok())
@@ -58,7 +60,11 @@ access = "authenticated"
         assert_eq!(refused.status, 429);
         assert_eq!(refused.json()["error"], "rate_limited");
         assert_eq!(refused.header("content-type"), Some("application/json"));
-        let retry: u64 = refused.header("retry-after").expect("Retry-After").parse().unwrap();
+        let retry: u64 = refused
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
         assert!((1..=3).contains(&retry), "Retry-After {retry}");
         assert_eq!(remaining(&refused), 0);
         // Another consumer of the same tier has its own quota.
@@ -91,7 +97,11 @@ respond = { body = "up" }
             assert_eq!(r.body, "up");
             assert_eq!(remaining(&r), 2 - i);
         }
-        assert_eq!(send_from(source, &url, None, &[]).await.status, 429, "{source}");
+        assert_eq!(
+            send_from(source, &url, None, &[]).await.status,
+            429,
+            "{source}"
+        );
     }
 }
 
@@ -215,11 +225,17 @@ respond = {{ body = "reports" }}
         seen.push((r.status, r.header("ratelimit").map(str::to_string)));
     }
     assert_eq!(seen[0].0, 200);
-    assert_eq!(seen[0].1.as_deref(), Some(r#""users.reports.60s";r=1;t=30"#));
+    assert_eq!(
+        seen[0].1.as_deref(),
+        Some(r#""users.reports.60s";r=1;t=30"#)
+    );
     assert_eq!(seen[1].0, 200);
     assert_eq!(seen[2].0, 429);
     let r = get(&orders, Some(&carol)).await;
-    assert_eq!(r.status, 200, "the reports limit does not block other routes");
+    assert_eq!(
+        r.status, 200,
+        "the reports limit does not block other routes"
+    );
     assert_eq!(remaining(&r), 7, "10 minus two reports minus this one");
 
     let limited = metric(
@@ -272,7 +288,10 @@ roles = ["admin"]
     let user = rsa_token("alice", "admin", &["--azp", "reports-job"]);
 
     let r = get(&agents, Some(&job)).await;
-    assert_eq!(r.status, 403, "a service token on a user route, roles notwithstanding");
+    assert_eq!(
+        r.status, 403,
+        "a service token on a user route, roles notwithstanding"
+    );
     assert_eq!(get(&agents, Some(&user)).await.status, 200);
 
     let r = get(&metadata, Some(&user)).await;
@@ -344,10 +363,52 @@ respond = {{ body = "up" }}
         r#"portcullis_rate_limit_evictions_total{table="counters"}"#,
     )
     .await;
-    assert!(evicted >= 3_000.0, "the table stayed bounded: {evicted} evicted");
+    assert!(
+        evicted >= 3_000.0,
+        "the table stayed bounded: {evicted} evicted"
+    );
     assert_eq!(
         send_from("127.0.0.1", &url, None, &heavy).await.status,
         429,
         "the limited consumer kept its state through the flood"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_hands_out_no_fresh_quota() {
+    let config = |extra_route: &str| {
+        format!(
+            r#"{ISSUER}
+[[rate_limit.tiers]]
+name = "users"
+limits = ["2/minute"]
+
+[[routes]]
+path = "/orders"
+access = "authenticated"
+respond = {{ body = "orders" }}
+{extra_route}
+"#
+        )
+    };
+    let gw = Gateway::start(&config(""));
+    let alice = rsa_token("alice", "agent", &[]);
+    let url = gw.url("/orders");
+    for expected in [200, 200, 429] {
+        assert_eq!(get(&url, Some(&alice)).await.status, expected);
+    }
+    gw.reload(&config(
+        "[[routes]]\npath = \"/new\"\naccess = \"public\"\nrespond = { body = \"new\" }\n",
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while get(&gw.url("/new"), None).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get(&url, Some(&alice)).await;
+    assert_eq!(
+        r.status, 429,
+        "the counters survived the reload: {}",
+        r.body
     );
 }

@@ -13,6 +13,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)      # test upstreams a
 command -v node >/dev/null 2>&1 || missing+=(nodejs)          # the OpenID provider for interop
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # shared rate limits
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq

@@ -141,7 +141,15 @@ mod tests {
         assert_eq!(Limit::parse("20/second").unwrap().period, S);
         assert_eq!(Limit::parse("100/10s").unwrap().period, 10 * S);
         assert_eq!(Limit::parse("5 / 2 minutes").unwrap().period, 120 * S);
-        for bad in ["", "500", "0/hour", "x/hour", "5/fortnightly", "2000000/1s", "1/2y"] {
+        for bad in [
+            "",
+            "500",
+            "0/hour",
+            "x/hour",
+            "5/fortnightly",
+            "2000000/1s",
+            "1/2y",
+        ] {
             assert!(Limit::parse(bad).is_err(), "{bad}");
         }
     }

@@ -217,7 +217,8 @@ impl RateLimiter {
             ));
         }
         let anonymous = conf.callers == CallerKind::Anonymous;
-        if anonymous && (conf.issuers.is_some() || conf.client_ids.is_some() || conf.claim.is_some())
+        if anonymous
+            && (conf.issuers.is_some() || conf.client_ids.is_some() || conf.claim.is_some())
         {
             return Err(field(
                 "callers",
@@ -241,7 +242,8 @@ impl RateLimiter {
             Some("client_id") => Consumer::ClientId,
             Some(other) => match other.strip_prefix("claim:") {
                 Some(path) => Consumer::Claim(
-                    authenticator.claim_slot(ClaimPath::parse(path).map_err(|e| field("consumer", e))?),
+                    authenticator
+                        .claim_slot(ClaimPath::parse(path).map_err(|e| field("consumer", e))?),
                 ),
                 None => {
                     return Err(field(
@@ -322,7 +324,11 @@ impl RateLimiter {
         caller: &Caller<'_>,
         group: Option<GroupId>,
     ) -> Result<Option<Verdict>, StoreUnavailable> {
-        let Some((index, tier)) = self.tiers.iter().enumerate().find(|(_, t)| t.matches(caller))
+        let Some((index, tier)) = self
+            .tiers
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.matches(caller))
         else {
             return Ok(None);
         };
@@ -353,7 +359,10 @@ impl RateLimiter {
                     })
                     .collect();
                 let denial_key = hasher.hash_one((shard_key, group));
-                match redis.decide(denial_key, &redis_keys, &set.limits, now).await {
+                match redis
+                    .decide(denial_key, &redis_keys, &set.limits, now)
+                    .await
+                {
                     Ok(outcome) => Some(outcome),
                     Err(_) => match tier.on_redis_error {
                         FailMode::FailOpen => {
@@ -376,7 +385,11 @@ impl RateLimiter {
         let Some(outcome) = outcome else {
             return Ok(None);
         };
-        let label = if outcome.allowed { "allowed" } else { "limited" };
+        let label = if outcome.allowed {
+            "allowed"
+        } else {
+            "limited"
+        };
         metrics::rate_limit_decisions(&tier.name, label).inc();
         Ok(Some(Verdict {
             tier: index,
@@ -406,7 +419,10 @@ impl RateLimiter {
         };
         let check = &verdict.outcome.check;
         let reset = check.reset.div_ceil(1_000_000);
-        if matches!(self.headers, RateLimitHeaders::Ietf | RateLimitHeaders::Both) {
+        if matches!(
+            self.headers,
+            RateLimitHeaders::Ietf | RateLimitHeaders::Both
+        ) {
             out.push((RATELIMIT_POLICY, set.policy.clone()));
             let name = &set.names[verdict.outcome.binding];
             let value = format!("\"{name}\";r={};t={reset}", check.remaining);
@@ -414,7 +430,10 @@ impl RateLimiter {
                 out.push((RATELIMIT, v));
             }
         }
-        if matches!(self.headers, RateLimitHeaders::XRatelimit | RateLimitHeaders::Both) {
+        if matches!(
+            self.headers,
+            RateLimitHeaders::XRatelimit | RateLimitHeaders::Both
+        ) {
             out.push((X_LIMIT, HeaderValue::from(limit.count)));
             out.push((X_REMAINING, HeaderValue::from(check.remaining)));
             out.push((X_RESET, HeaderValue::from(reset)));
@@ -487,7 +506,11 @@ fn limit_set(
     let mut seen = std::collections::HashSet::new();
     if !set.names.iter().all(|n| seen.insert(n)) {
         return Err(field(
-            if group.is_some() { "group_limits" } else { "limits" },
+            if group.is_some() {
+                "group_limits"
+            } else {
+                "limits"
+            },
             "two limits of the same period; keep the stricter one",
         ));
     }
@@ -498,7 +521,6 @@ fn limit_set(
         .map(|(n, l)| format!("\"{n}\";q={};w={}", l.count, l.window_secs()))
         .collect();
     // Names were checked against NAME_RULE, so the value is always valid.
-    set.policy = HeaderValue::try_from(policy.join(", "))
-        .map_err(|_| field("name", NAME_RULE))?;
+    set.policy = HeaderValue::try_from(policy.join(", ")).map_err(|_| field("name", NAME_RULE))?;
     Ok(set)
 }

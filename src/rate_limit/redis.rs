@@ -69,7 +69,7 @@ pub struct RedisStore {
     client: Client,
     script: Script,
     conn: ArcSwapOption<MultiplexedConnection>,
-    connecting: AtomicBool,
+    connecting: tokio::sync::Mutex<()>,
     /// While the local clock is below this, Redis is not asked (after a failure).
     retry_at: AtomicU64,
     down: AtomicBool,
@@ -84,7 +84,7 @@ impl RedisStore {
             client,
             script: Script::new(SCRIPT),
             conn: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
             retry_at: AtomicU64::new(0),
             down: AtomicBool::new(false),
             denials: BoundedTable::new(max_keys, metrics::rate_limit_evictions("denials")),
@@ -112,7 +112,7 @@ impl RedisStore {
         if now < self.retry_at.load(Ordering::Acquire) {
             return Err(Unreachable);
         }
-        let asked = tokio::time::timeout(self.conf.timeout, self.ask(keys, limits)).await;
+        let asked = tokio::time::timeout(self.conf.timeout, self.ask(keys, limits, now)).await;
         let reply = match asked {
             Ok(Ok(reply)) => reply,
             Ok(Err(why)) => return Err(self.failed(&why, now)),
@@ -148,8 +148,8 @@ impl RedisStore {
         Ok(combined)
     }
 
-    async fn ask(&self, keys: &[String], limits: &[Limit]) -> Result<Vec<u64>, String> {
-        let mut conn = self.connection().await?;
+    async fn ask(&self, keys: &[String], limits: &[Limit], now: u64) -> Result<Vec<u64>, String> {
+        let mut conn = self.connection(now).await?;
         let mut call = self.script.prepare_invoke();
         for (key, limit) in keys.iter().zip(limits) {
             call.key(key).arg(limit.interval()).arg(limit.period);
@@ -158,15 +158,19 @@ impl RedisStore {
         reply.map_err(|e| e.to_string())
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+    async fn connection(&self, now: u64) -> Result<MultiplexedConnection, String> {
         if let Some(conn) = self.conn.load().as_deref() {
             return Ok(conn.clone());
         }
-        // One connection attempt at a time; the other requests fall back meanwhile.
-        if self.connecting.swap(true, Ordering::AcqRel) {
-            return Err("connecting".into());
+        // One connection attempt at a time; the others wait for it (within their timeout)
+        // rather than each opening their own.
+        let _attempt = self.connecting.lock().await;
+        if let Some(conn) = self.conn.load().as_deref() {
+            return Ok(conn.clone());
         }
-        let _reset = ResetOnDrop(&self.connecting);
+        if now < self.retry_at.load(Ordering::Acquire) {
+            return Err("connection failed".into());
+        }
         let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.conf.timeout));
         let conn = self
             .client
@@ -207,14 +211,6 @@ fn remembered(d: Denial, now: u64) -> Combined {
             reset: d.reset_at.saturating_sub(now),
             retry_after: d.until - now,
         },
-    }
-}
-
-struct ResetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ResetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -55,7 +55,9 @@ impl<V: Expiring> BoundedTable<V> {
         // High bits pick the shard; the map inside hashes on the low bits.
         let i = (shard_key >> 58) as usize % SHARDS;
         // A panic while holding the lock cannot leave a map of plain numbers inconsistent.
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     #[cfg(test)]

@@ -105,6 +105,18 @@ impl Gateway {
         self.proc.0.id()
     }
 
+    /// Replaces the config (after the generated `[server]` table) and sends SIGHUP.
+    pub fn reload(&self, body: &str) {
+        std::fs::write(&self.conf, Self::config(self.port, self.dir.path(), body))
+            .expect("write config");
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -HUP");
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.proc.0.try_wait(), Ok(None))
     }
@@ -262,7 +274,8 @@ pub async fn send(
     exchange(&client(), method, url, bearer, headers).await
 }
 
-async fn exchange(
+/// Like [`send`], on a given client (and its kept-alive connections).
+pub async fn exchange(
     client: &reqwest::Client,
     method: &str,
     url: &str,
