@@ -48,6 +48,7 @@ targets = ["127.0.0.1:{port}"]
 path = "/any"
 upstream = "backend"
 access = "authenticated"
+callers = "any"
 
 [[routes]]
 path = "/idp-only"
@@ -268,14 +269,25 @@ async fn jku_and_embedded_jwk_headers_are_ignored() {
 async fn non_expiring_tokens_only_where_the_issuer_allows_them() {
     let echo = Echo::start();
     let gw = gateway(&echo);
+    // A backend job's token: issued to the client itself, no user behind it.
     let job = mint(
         "rsa-2.pem",
         "RS256",
         "rsa-2",
         "https://jobs.test",
-        &["--no-exp"],
+        &["--no-exp", "--azp", "u1"],
     );
     assert_eq!(get(&gw.url("/any"), Some(&job)).await.status, 200);
+    // A user's token from the same issuer must expire.
+    let user_at_jobs = mint(
+        "rsa-2.pem",
+        "RS256",
+        "rsa-2",
+        "https://jobs.test",
+        &["--no-exp", "--azp", "portal"],
+    );
+    assert_eq!(get(&gw.url("/any"), Some(&user_at_jobs)).await.status, 401);
+    // An issuer that does not allow it.
     let user = rsa_token("u1", "agent", &["--no-exp"]);
     assert_eq!(get(&gw.url("/any"), Some(&user)).await.status, 401);
 }
