@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use once_cell::sync::Lazy;
+use prometheus::IntCounter;
 
 use crate::authenticate::{Authenticator, ClaimPath, ClaimSlot, Principal, PrincipalKind};
 use crate::config::{
@@ -67,6 +68,10 @@ struct Tier {
     groups: Vec<(GroupId, LimitSet)>,
     backend: LimitBackend,
     on_redis_error: FailMode,
+    /// Decision counters, looked up once rather than per request.
+    allowed: IntCounter,
+    limited: IntCounter,
+    unavailable: IntCounter,
 }
 
 impl Tier {
@@ -309,6 +314,9 @@ impl RateLimiter {
             groups: group_sets,
             backend: conf.backend,
             on_redis_error: conf.on_redis_error,
+            allowed: metrics::rate_limit_decisions(name, "allowed"),
+            limited: metrics::rate_limit_decisions(name, "limited"),
+            unavailable: metrics::rate_limit_decisions(name, "unavailable"),
         });
         Ok(())
     }
@@ -371,7 +379,7 @@ impl RateLimiter {
                         }
                         FailMode::FailClosed => {
                             metrics::rate_limit_fallbacks("fail_closed").inc();
-                            metrics::rate_limit_decisions(&tier.name, "unavailable").inc();
+                            tier.unavailable.inc();
                             let retry = redis.conf().retry_interval.as_secs().max(1);
                             return Err(StoreUnavailable {
                                 retry_after_secs: retry,
@@ -385,12 +393,11 @@ impl RateLimiter {
         let Some(outcome) = outcome else {
             return Ok(None);
         };
-        let label = if outcome.allowed {
-            "allowed"
+        if outcome.allowed {
+            tier.allowed.inc();
         } else {
-            "limited"
-        };
-        metrics::rate_limit_decisions(&tier.name, label).inc();
+            tier.limited.inc();
+        }
         Ok(Some(Verdict {
             tier: index,
             group,
