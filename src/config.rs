@@ -115,7 +115,7 @@ pub enum RateLimitHeaders {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConf {
-    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port[/db]`. (TLS to Redis is not supported yet.)
     pub url: String,
     /// Longest wait for one decision; past it, the tier's `on_redis_error` applies.
     /// Default: 50ms.

@@ -367,10 +367,9 @@ impl RateLimiter {
                     })
                     .collect();
                 let denial_key = hasher.hash_one((shard_key, group));
-                match redis
-                    .decide(denial_key, &redis_keys, &set.limits, now)
-                    .await
-                {
+                // Boxed: the Redis call's state is large, and local tiers should not carry it.
+                let decided = Box::pin(redis.decide(denial_key, &redis_keys, &set.limits, now));
+                match decided.await {
                     Ok(outcome) => Some(outcome),
                     Err(_) => match tier.on_redis_error {
                         FailMode::FailOpen => {
