@@ -76,14 +76,15 @@ fn verify(c: &mut Criterion) {
     );
     for (name, token) in [("verify_rs256", &rs), ("verify_es256", &es)] {
         assert!(rt
-            .block_on(snap.authenticator.authenticate(token, None))
+            .block_on(snap.authenticator.authenticate(token, None, None))
             .is_ok());
         c.bench_function(name, |b| {
             b.iter(|| {
-                rt.block_on(
-                    snap.authenticator
-                        .authenticate(std::hint::black_box(token), None),
-                )
+                rt.block_on(snap.authenticator.authenticate(
+                    std::hint::black_box(token),
+                    None,
+                    None,
+                ))
             })
         });
     }
@@ -94,10 +95,11 @@ fn verify(c: &mut Criterion) {
     let tampered = String::from_utf8(bytes).expect("ascii");
     c.bench_function("reject_bad_signature_rs256", |b| {
         b.iter(|| {
-            rt.block_on(
-                snap.authenticator
-                    .authenticate(std::hint::black_box(&tampered), None),
-            )
+            rt.block_on(snap.authenticator.authenticate(
+                std::hint::black_box(&tampered),
+                None,
+                None,
+            ))
         })
     });
 }

@@ -234,6 +234,49 @@ pub struct ServerConf {
     /// Default: `/tmp/portcullis_upgrade.sock`.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// `[server.tls]`: HTTPS listeners. Read at start only.
+    pub tls: Option<EdgeTlsConf>,
+}
+
+/// `[server.tls]`: TLS at the edge. TLS 1.2 and 1.3 only; HTTP/2 by ALPN.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeTlsConf {
+    /// HTTPS listen addresses, e.g. `["0.0.0.0:8443"]`.
+    pub listen: Vec<String>,
+    /// Certificate chains with their keys. The first is served when the client sends no
+    /// known server name; the others are chosen by SNI from the DNS names in their
+    /// certificates (`*.example.com` included).
+    pub certificates: Vec<CertificateConf>,
+    /// Offer HTTP/2 by ALPN. Default: true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Client certificates: `none` (default), `optional` (verified when sent) or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// CAs that client certificates must chain to; needed unless `client_auth = "none"`.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `{ cert_file = "…", key_file = "…" }`: PEM chain (leaf first) and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConf {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 fn default_threads() -> usize {
@@ -300,6 +343,9 @@ pub struct IdentityHeadersConf {
     pub client_id: String,
     /// The configured name of the issuer that vouched for the token.
     pub issuer: String,
+    /// SHA-256 of the verified TLS client certificate, hex (only with `[server.tls]`
+    /// client certificates).
+    pub client_cert_sha256: String,
     /// More headers to remove from every client request (e.g. `X-Userinfo`).
     pub strip: Vec<String>,
     /// Pass the client's `Authorization` header upstream. Default: true, as APISIX and Kong do.
@@ -315,6 +361,7 @@ impl Default for IdentityHeadersConf {
             tenant: "X-Tenant-Id".into(),
             client_id: "X-Client-Id".into(),
             issuer: "X-Auth-Issuer".into(),
+            client_cert_sha256: "X-Client-Cert-Sha256".into(),
             strip: Vec::new(),
             forward_authorization: true,
         }
@@ -360,6 +407,10 @@ pub struct IssuerConf {
     /// (the claim is present; Keycloak's service accounts carry `client_id`), or `none`.
     #[serde(default = "default_service_tokens")]
     pub service_tokens: String,
+    /// Accept only certificate-bound tokens (RFC 8705 `cnf.x5t#S256`). Bound tokens are
+    /// checked against the TLS client certificate whatever this says. Default: false.
+    #[serde(default)]
+    pub require_bound_tokens: bool,
     /// Keys from a local JWKS file, read at load.
     pub jwks_file: Option<PathBuf>,
     /// Keys from a JWKS URL, fetched in the background.
@@ -469,6 +520,38 @@ pub struct UpstreamConf {
     /// Longest wait for the upstream between reads. Default: 60s.
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Longest wait for the upstream to take more of a request. Default: 60s.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// A connection that fails (refused, unreachable, TLS handshake, connect timeout) is
+    /// retried on the next target this many times. Nothing was sent, so any method is safe to
+    /// retry. Default: 1.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    /// `[upstreams.NAME.tls]`: speak TLS to the targets.
+    pub tls: Option<UpstreamTlsConf>,
+}
+
+fn default_retries() -> usize {
+    1
+}
+
+/// `[upstreams.NAME.tls]`: TLS, and optionally mutual TLS, to a backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConf {
+    /// Server name sent in SNI and checked against the backend's certificate. Required: an
+    /// empty SNI would turn certificate verification off.
+    pub sni: String,
+    /// CAs the backend's certificate must chain to. Default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Certificate chain the gateway presents to the backend (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// Check that the certificate names `sni`. Default: true.
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -19,6 +19,7 @@ pub struct IdentityHeaders {
     tenant: Option<HeaderName>,
     client_id: Option<HeaderName>,
     issuer: Option<HeaderName>,
+    client_cert: Option<HeaderName>,
     /// Everything removed from client requests: the names above and `strip`.
     strip: Vec<HeaderName>,
     forward_authorization: bool,
@@ -40,11 +41,20 @@ impl IdentityHeaders {
         let tenant = name("tenant", &conf.tenant)?;
         let client_id = name("client_id", &conf.client_id)?;
         let issuer = name("issuer", &conf.issuer)?;
-        let mut strip: Vec<HeaderName> = [&subject, &roles, &scopes, &tenant, &client_id, &issuer]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let client_cert = name("client_cert_sha256", &conf.client_cert_sha256)?;
+        let mut strip: Vec<HeaderName> = [
+            &subject,
+            &roles,
+            &scopes,
+            &tenant,
+            &client_id,
+            &issuer,
+            &client_cert,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         for extra in &conf.strip {
             strip.extend(name("strip", extra)?);
         }
@@ -55,6 +65,7 @@ impl IdentityHeaders {
             tenant,
             client_id,
             issuer,
+            client_cert,
             strip,
             forward_authorization: conf.forward_authorization,
         })
@@ -84,11 +95,12 @@ impl IdentityHeaders {
     }
 
     /// Prepares an upstream request: removes every client-sent identity header, then sets the
-    /// verified ones, if any.
+    /// verified ones, if any, and the verified client certificate's SHA-256.
     pub fn apply(
         &self,
         req: &mut RequestHeader,
         identity: Option<&IdentityValues>,
+        client_cert_sha256: Option<&[u8]>,
     ) -> pingora_core::Result<()> {
         for name in &self.strip {
             req.remove_header(name);
@@ -98,6 +110,10 @@ impl IdentityHeaders {
         }
         for (name, value) in identity.map(|i| i.0.as_slice()).unwrap_or_default() {
             req.insert_header(name.clone(), value.clone())?;
+        }
+        if let (Some(name), Some(digest)) = (&self.client_cert, client_cert_sha256) {
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            req.insert_header(name.clone(), hex)?;
         }
         Ok(())
     }
@@ -132,7 +148,7 @@ mod tests {
         req.insert_header("x-user-id", "admin").unwrap();
         req.insert_header("X-Tenant-Id", "other").unwrap();
         let values = ids.render(&principal("alice")).unwrap();
-        ids.apply(&mut req, Some(&values)).unwrap();
+        ids.apply(&mut req, Some(&values), None).unwrap();
         assert_eq!(req.headers.get("x-user-id").unwrap(), "alice");
         assert_eq!(req.headers.get("x-user-roles").unwrap(), "agent,admin");
         assert_eq!(req.headers.get("x-client-id").unwrap(), "portal");
@@ -140,7 +156,7 @@ mod tests {
 
         let mut public = RequestHeader::build("GET", b"/", None).unwrap();
         public.insert_header("x-user-id", "admin").unwrap();
-        ids.apply(&mut public, None).unwrap();
+        ids.apply(&mut public, None, None).unwrap();
         assert!(public.headers.get("x-user-id").is_none());
     }
 

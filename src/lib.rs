@@ -17,5 +17,6 @@ pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod snapshot;
+pub mod tls;
 pub mod token;
 pub mod upstream;

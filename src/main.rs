@@ -223,6 +223,14 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    if let Some(tls) = &settings.tls {
+        for addr in &settings.tls_listen {
+            match tls.settings() {
+                Ok(s) => proxy.add_tls_with_settings(&addr.to_string(), None, s),
+                Err(e) => return fail(format!("TLS listener {addr}: {e}")),
+            }
+        }
+    }
     server.add_service(proxy);
     server.add_service(background_service(
         "key refresh",

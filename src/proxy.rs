@@ -10,7 +10,7 @@ use http::header::HOST;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
 use crate::config::Access;
@@ -31,6 +31,29 @@ impl Gateway {
     }
 }
 
+/// What the gateway knows about the client's connection.
+#[derive(Debug, Clone, Default)]
+struct Downstream {
+    ip: Option<IpAddr>,
+    /// SHA-256 of the client certificate verified on this TLS connection.
+    cert_sha256: Option<Vec<u8>>,
+}
+
+impl Downstream {
+    fn of(session: &Session) -> Self {
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let cert_sha256 = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|d| d.cert_digest.clone())
+            .filter(|d| !d.is_empty());
+        Self { ip, cert_sha256 }
+    }
+}
+
 /// Per-request state, filled by `request_filter` for the later phases.
 pub struct RequestCtx {
     /// The config this request runs under from start to end, even across a reload.
@@ -41,6 +64,9 @@ pub struct RequestCtx {
     normalized_path: Option<String>,
     /// The rate-limit verdict, reported to the client in headers on every response.
     quota: Option<Verdict>,
+    downstream: Downstream,
+    /// Connection attempts left for another target.
+    retries_left: usize,
 }
 
 impl RequestCtx {
@@ -81,7 +107,6 @@ fn log_denial(req: &RequestHeader, snap: &Snapshot, rejection: &Rejection) {
 /// gateway's policy.
 async fn admit<'s>(
     req: &RequestHeader,
-    peer: Option<IpAddr>,
     snap: &'s Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<Admitted<'s>, Rejection> {
@@ -107,7 +132,11 @@ async fn admit<'s>(
             let token = bearer_token(req).map_err(Rejection::Unauthorized)?;
             let principal = snap
                 .authenticator
-                .authenticate(token, route.issuers.as_deref())
+                .authenticate(
+                    token,
+                    route.issuers.as_deref(),
+                    ctx.downstream.cert_sha256.as_deref(),
+                )
                 .await;
             Some(principal.map_err(Rejection::Unauthorized)?)
         }
@@ -134,7 +163,7 @@ async fn admit<'s>(
     if !snap.rate_limiter.is_empty() {
         let caller = Caller {
             principal: principal.as_ref(),
-            ip: snap.client_ip.resolve(peer, req),
+            ip: snap.client_ip.resolve(ctx.downstream.ip, req),
         };
         let verdict = snap
             .rate_limiter
@@ -167,20 +196,20 @@ impl ProxyHttp for Gateway {
             identity: None,
             normalized_path: None,
             quota: None,
+            downstream: Downstream::default(),
+            retries_left: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = ctx.snapshot.clone();
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let outcome = admit(session.req_header(), peer, &snap, ctx).await;
+        ctx.downstream = Downstream::of(session);
+        let outcome = admit(session.req_header(), &snap, ctx).await;
         let reply = match outcome {
             Ok(Admitted::Forward(upstream, identity)) => {
                 ctx.upstream = Some(upstream);
                 ctx.identity = identity;
+                ctx.retries_left = snap.upstreams[upstream].retries;
                 return Ok(false);
             }
             Ok(Admitted::Respond(reply)) => Cow::Borrowed(reply),
@@ -220,9 +249,11 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.snapshot
-            .identity
-            .apply(upstream_request, ctx.identity.as_ref())?;
+        ctx.snapshot.identity.apply(
+            upstream_request,
+            ctx.identity.as_ref(),
+            ctx.downstream.cert_sha256.as_deref(),
+        )?;
         if let Some(path) = ctx.normalized_path.take() {
             let uri = match upstream_request.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -236,6 +267,62 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the backend, so another target may take the request, whatever the
+        // method. `upstream_peer` moves on to the next target.
+        if ctx.retries_left > 0 {
+            ctx.retries_left -= 1;
+            log::warn!("upstream {peer}: {e}; trying another target");
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let failure = UpstreamFailure::classify(e);
+        let upstream = ctx
+            .upstream
+            .and_then(|id| ctx.snapshot.upstreams.get(id))
+            .map_or("-", |u| &*u.name);
+        match failure {
+            UpstreamFailure::ClientGone => {
+                log::debug!("client went away: {e}");
+            }
+            f => log::warn!(
+                "upstream {upstream}: {} ({e}) for {} {}",
+                f.status(),
+                session.req_header().method,
+                session.req_header().uri.path()
+            ),
+        }
+        let status = failure.status();
+        // Once the upstream's own response has started, it cannot be replaced.
+        if status > 0 && session.response_written().is_none() {
+            let reply = ctx.snapshot.responses.upstream_failure(status);
+            if let Err(e) = reply.send(session).await {
+                log::debug!("could not send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -246,5 +333,61 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header(name, value)?;
         }
         Ok(())
+    }
+}
+
+/// Why a request could not be proxied, as the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpstreamFailure {
+    /// 502: refused, reset, TLS failure, a malformed answer.
+    BadGateway,
+    /// 504: connect, read or write timeout.
+    Timeout,
+    /// A status the gateway itself raised.
+    Status(u16),
+    /// The client hung up or sent garbage: nobody to answer, or a 400.
+    ClientGone,
+    BadRequest,
+    Internal,
+}
+
+impl UpstreamFailure {
+    fn classify(e: &Error) -> Self {
+        use pingora_core::{ErrorSource, ErrorType as T};
+        match e.etype() {
+            T::HTTPStatus(code) => return Self::Status(*code),
+            T::ConnectTimedout | T::ReadTimedout | T::WriteTimedout | T::TLSHandshakeTimedout => {
+                return Self::Timeout
+            }
+            _ => {}
+        }
+        match e.esource() {
+            ErrorSource::Upstream => Self::BadGateway,
+            ErrorSource::Downstream => match e.etype() {
+                T::WriteError | T::ReadError | T::ConnectionClosed => Self::ClientGone,
+                _ => Self::BadRequest,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                // Connect-side failures are raised before the source is set.
+                T::ConnectRefused
+                | T::ConnectNoRoute
+                | T::ConnectError
+                | T::TLSHandshakeFailure
+                | T::InvalidCert
+                | T::HandshakeError => Self::BadGateway,
+                _ => Self::Internal,
+            },
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Self::BadGateway => 502,
+            Self::Timeout => 504,
+            Self::Status(code) => code,
+            Self::ClientGone => 0,
+            Self::BadRequest => 400,
+            Self::Internal => 500,
+        }
     }
 }

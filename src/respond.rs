@@ -161,6 +161,35 @@ impl Responses {
     }
 }
 
+impl Responses {
+    /// The gateway's answer when it could not get one from the upstream.
+    pub fn upstream_failure(&self, status: u16) -> Reply {
+        match status {
+            502 => json_error(
+                502,
+                "bad_gateway",
+                "the upstream failed or gave an invalid answer",
+            ),
+            503 => json_error(
+                503,
+                "service_unavailable",
+                "no upstream target is available",
+            ),
+            504 => json_error(
+                504,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            ),
+            400 => json_error(400, "invalid_request", "the request could not be read"),
+            s => json_error(
+                s,
+                "internal_error",
+                "the gateway could not complete the request",
+            ),
+        }
+    }
+}
+
 fn json_error(status: u16, error: &str, description: &str) -> Reply {
     let body = serde_json::json!({ "error": error, "error_description": description });
     Reply::new(status, JSON, Bytes::from(body.to_string()))

@@ -27,6 +27,7 @@ use crate::identity::IdentityHeaders;
 use crate::rate_limit::{self, GroupId, RateLimiter};
 use crate::respond::{Reply, Responses};
 use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
+use crate::tls::EdgeTls;
 use crate::upstream::{Upstream, UpstreamId};
 
 /// The config the gateway currently serves, swapped atomically as a whole.
@@ -61,6 +62,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     /// The admin listener (`/metrics`).
     pub admin_listen: Option<SocketAddr>,
+    /// HTTPS listeners and their TLS setup.
+    pub tls_listen: Vec<SocketAddr>,
+    pub tls: Option<EdgeTls>,
 }
 
 pub struct Snapshot {
@@ -114,8 +118,8 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         let mut upstream_ids = BTreeMap::new();
         for (name, conf) in &config.upstreams {
-            let upstream = Upstream::compile(name, conf.get_ref())
-                .map_err(|e| c.in_table(conf, &format!("upstreams.{name}"), "targets", &e))?;
+            let upstream = Upstream::compile(name, conf.get_ref(), |p| c.relative(p))
+                .map_err(|e| c.in_table(conf, &format!("upstreams.{name}"), e.field, &e.message))?;
             upstream_ids.insert(name.as_str(), upstreams.len());
             upstreams.push(upstream);
         }
@@ -249,6 +253,35 @@ impl Compiler<'_> {
         if s.threads == 0 {
             return Err(err("threads", "must be at least 1"));
         }
+        let (tls_listen, tls) = match &s.tls {
+            None => (Vec::new(), None),
+            Some(t) => {
+                let tls_err = |field: &str, m: &str| {
+                    let at = self
+                        .find_line(0, self.source.text.len(), "[server.tls]")
+                        .unwrap_or(0);
+                    let at = self
+                        .field_line(at + "[server.tls]".len(), field)
+                        .unwrap_or(at);
+                    self.source.error(at, format!("server.tls.{field}: {m}"))
+                };
+                if t.listen.is_empty() {
+                    return Err(tls_err("listen", "at least one address is needed"));
+                }
+                let listen = t
+                    .listen
+                    .iter()
+                    .map(|a| {
+                        a.parse::<SocketAddr>().map_err(|_| {
+                            tls_err("listen", &format!("{a:?} is not an ip:port address"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let edge = EdgeTls::compile(t, |p| self.relative(p))
+                    .map_err(|e| tls_err(e.field, &e.message))?;
+                (listen, Some(edge))
+            }
+        };
         let admin_listen = match &config.admin.listen {
             None => None,
             Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -265,6 +298,8 @@ impl Compiler<'_> {
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),
             admin_listen,
+            tls_listen,
+            tls,
         })
     }
 
@@ -463,6 +498,7 @@ impl Compiler<'_> {
             hmac,
             claims,
             service_tokens,
+            require_bound_tokens: conf.require_bound_tokens,
         })
     }
 

@@ -1,15 +1,29 @@
-//! Upstreams: where a forwarded request goes.
+//! Upstreams: where a forwarded request goes, and how the gateway talks to it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::CertKey;
 
 use crate::config::UpstreamConf;
+use crate::tls;
 
 /// Index of an upstream in a snapshot.
 pub type UpstreamId = usize;
+
+/// TLS to an upstream, compiled.
+#[derive(Debug)]
+struct UpstreamTls {
+    sni: String,
+    ca: Option<Arc<CaType>>,
+    client_cert: Option<Arc<CertKey>>,
+    verify_hostname: bool,
+}
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -18,39 +32,112 @@ pub struct Upstream {
     next: AtomicUsize,
     connect_timeout: Duration,
     read_timeout: Duration,
+    write_timeout: Duration,
+    /// Connection attempts after the first that may go to another target.
+    pub retries: usize,
+    tls: Option<UpstreamTls>,
+}
+
+/// A problem with one field of `[upstreams.NAME]`.
+pub struct UpstreamError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn error(field: &'static str, message: impl Into<String>) -> UpstreamError {
+    UpstreamError {
+        field,
+        message: message.into(),
+    }
 }
 
 impl Upstream {
-    /// Resolves the targets now, so a typo fails the config check instead of requests.
-    /// Every error is about `targets`.
-    pub fn compile(name: &str, conf: &UpstreamConf) -> Result<Self, String> {
+    /// Resolves the targets and reads TLS material now, so a typo fails the config check
+    /// instead of requests. `relative` resolves paths against the config file's directory.
+    pub fn compile(
+        name: &str,
+        conf: &UpstreamConf,
+        relative: impl Fn(&Path) -> std::path::PathBuf,
+    ) -> Result<Self, UpstreamError> {
         if conf.targets.is_empty() {
-            return Err("at least one host:port is needed".into());
+            return Err(error("targets", "at least one host:port is needed"));
         }
         let mut targets = Vec::with_capacity(conf.targets.len());
         for target in &conf.targets {
             let addr = target
                 .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {target:?}: {e}"))?
+                .map_err(|e| error("targets", format!("cannot resolve {target:?}: {e}")))?
                 .next()
-                .ok_or_else(|| format!("{target:?} resolves to no address"))?;
+                .ok_or_else(|| error("targets", format!("{target:?} resolves to no address")))?;
             targets.push(addr);
         }
+        let tls = match &conf.tls {
+            None => None,
+            Some(t) => {
+                if t.sni.is_empty() {
+                    // Pingora skips certificate verification altogether for an empty SNI.
+                    return Err(error(
+                        "tls",
+                        "sni must name the backend: an empty one would leave its certificate unverified",
+                    ));
+                }
+                let ca = t
+                    .ca_file
+                    .as_deref()
+                    .map(|p| tls::upstream_ca(&relative(p)))
+                    .transpose()
+                    .map_err(|e| error("tls", format!("ca_file: {e}")))?;
+                let client_cert = match (&t.client_cert_file, &t.client_key_file) {
+                    (None, None) => None,
+                    (Some(cert), Some(key)) => Some(
+                        tls::upstream_client_cert(&relative(cert), &relative(key))
+                            .map_err(|e| error("tls", format!("client_cert_file: {e}")))?,
+                    ),
+                    _ => {
+                        return Err(error(
+                            "tls",
+                            "client_cert_file and client_key_file go together",
+                        ))
+                    }
+                };
+                Some(UpstreamTls {
+                    sni: t.sni.clone(),
+                    ca,
+                    client_cert,
+                    verify_hostname: t.verify_hostname,
+                })
+            }
+        };
         Ok(Self {
             name: name.into(),
             targets,
             next: AtomicUsize::new(0),
             connect_timeout: conf.connect_timeout,
             read_timeout: conf.read_timeout,
+            write_timeout: conf.write_timeout,
+            retries: conf.retries,
+            tls,
         })
     }
 
-    /// The peer for the next request, round robin over the targets.
+    /// The peer for the next attempt, round robin over the targets (a retry moves on).
     pub fn peer(&self) -> HttpPeer {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        let mut peer = HttpPeer::new(self.targets[i], false, String::new());
+        let addr = self.targets[i];
+        let mut peer = match &self.tls {
+            None => HttpPeer::new(addr, false, String::new()),
+            Some(t) => {
+                let mut peer = HttpPeer::new(addr, true, t.sni.clone());
+                peer.options.verify_cert = true;
+                peer.options.verify_hostname = t.verify_hostname;
+                peer.options.ca = t.ca.clone();
+                peer.client_cert_key = t.client_cert.clone();
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
+        peer.options.write_timeout = Some(self.write_timeout);
         peer
     }
 }

@@ -189,6 +189,23 @@ fn rate_limit_mistakes_are_errors() {
 }
 
 #[test]
+fn tls_mistakes_are_errors() {
+    assert_refused(
+        "\n[upstreams.secure]\ntargets = [\"127.0.0.1:9\"]\n\n[upstreams.secure.tls]\nsni = \"\"\n",
+        15,
+        &[
+            "upstreams.secure.tls",
+            "an empty one would leave its certificate unverified",
+        ],
+    );
+    assert_refused(
+        "\n[upstreams.secure]\ntargets = [\"127.0.0.1:9\"]\n\n[upstreams.secure.tls]\nsni = \"a\"\nca_file = \"missing-ca.pem\"\n",
+        15,
+        &["upstreams.secure.tls: ca_file", "missing-ca.pem"],
+    );
+}
+
+#[test]
 fn issuer_rules_are_enforced() {
     let issuer = |body: &str| {
         format!(

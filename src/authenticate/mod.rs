@@ -87,6 +87,10 @@ pub enum AuthError {
     MissingExpiry,
     #[error("wrong audience")]
     WrongAudience,
+    #[error("token not bound to the client certificate")]
+    CertificateMismatch,
+    #[error("token not bound to a client certificate")]
+    UnboundToken,
     #[error("invalid claim: {0}")]
     InvalidClaim(&'static str),
 }
@@ -108,6 +112,8 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::MissingExpiry => "missing_exp",
             AuthError::WrongAudience => "wrong_audience",
+            AuthError::CertificateMismatch => "certificate_mismatch",
+            AuthError::UnboundToken => "unbound_token",
             AuthError::InvalidClaim(_) => "invalid_claim",
         }
     }
@@ -172,6 +178,7 @@ pub struct Issuer {
     pub hmac: Option<DecodingKey>,
     pub claims: ClaimMap,
     pub service_tokens: ServiceTokenRule,
+    pub require_bound_tokens: bool,
 }
 
 /// Index of an issuer in an [`Authenticator`]; routes refer to issuers this way.
@@ -218,10 +225,13 @@ impl Authenticator {
     }
 
     /// Verifies `token`. `accepted` restricts which issuers this route trusts (`None`: all).
+    /// `client_cert_sha256` is the SHA-256 of the TLS client certificate of this connection,
+    /// if one was verified: certificate-bound tokens must match it (RFC 8705 §3).
     pub async fn authenticate(
         &self,
         token: &str,
         accepted: Option<&[IssuerId]>,
+        client_cert_sha256: Option<&[u8]>,
     ) -> Result<Principal, AuthError> {
         let token = jwt::parse(token)?;
         let iss = token
@@ -249,6 +259,7 @@ impl Authenticator {
             allow_non_expiring: issuer.allow_non_expiring,
         };
         let expires_at = jwt::check_claims(&token.claims, &rules, now)?;
+        check_binding(&token.claims, issuer, client_cert_sha256)?;
         let identity = issuer
             .claims
             .read(&token.claims)
@@ -285,6 +296,39 @@ impl Authenticator {
             extra,
         })
     }
+}
+
+/// RFC 8705 §3.1: a token with `cnf.x5t#S256` is only good on a connection presenting the
+/// certificate with that SHA-256 thumbprint.
+fn check_binding(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    issuer: &Issuer,
+    client_cert_sha256: Option<&[u8]>,
+) -> Result<(), AuthError> {
+    use base64::Engine;
+    let bound = claims.get("cnf").and_then(|c| c.get("x5t#S256"));
+    match bound {
+        None if issuer.require_bound_tokens => Err(AuthError::UnboundToken),
+        None => Ok(()),
+        Some(value) => {
+            let expected = value
+                .as_str()
+                .and_then(|v| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v)
+                        .ok()
+                })
+                .ok_or(AuthError::InvalidClaim("cnf.x5t#S256 is not base64url"))?;
+            match client_cert_sha256 {
+                Some(presented) if constant_time_eq(&expected, presented) => Ok(()),
+                _ => Err(AuthError::CertificateMismatch),
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn verify_signature(issuer: &Issuer, token: &jwt::Unverified<'_>) -> Result<(), AuthError> {

@@ -430,3 +430,175 @@ pub async fn metric(admin_port: u16, sample: &str) -> f64 {
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Test certificates made with the openssl CLI: a CA, another CA, and leaves signed by them.
+///
+/// * `server`: localhost, api.test, 127.0.0.1 (by `ca`)
+/// * `other-name`: other.test (by `ca`)
+/// * `client`, `gateway`: client certificates (by `ca`)
+/// * `rogue-server`: localhost, 127.0.0.1 (by `other-ca`)
+/// * `rogue-client`: a client certificate (by `other-ca`)
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let pki = Pki {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        pki.ca("ca");
+        pki.ca("other-ca");
+        let server = "subjectAltName=DNS:localhost,DNS:api.test,IP:127.0.0.1\n\
+                      extendedKeyUsage=serverAuth";
+        let client = "extendedKeyUsage=clientAuth";
+        pki.leaf("server", "ca", "localhost", server);
+        pki.leaf(
+            "other-name",
+            "ca",
+            "other.test",
+            "subjectAltName=DNS:other.test\nextendedKeyUsage=serverAuth",
+        );
+        pki.leaf("client", "ca", "reports-job", client);
+        pki.leaf("gateway", "ca", "portcullis", client);
+        pki.leaf("rogue-server", "other-ca", "localhost", server);
+        pki.leaf("rogue-client", "other-ca", "reports-job", client);
+        pki
+    }
+
+    /// `name.pem` or `name.key`.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ca(&self, name: &str) {
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+    }
+
+    fn leaf(&self, name: &str, ca: &str, cn: &str, extensions: &str) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            self.dir.path().join(&ext),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n{extensions}\n"),
+        )
+        .expect("write extensions");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    /// SHA-256 of a certificate's DER encoding, as RFC 8705's `x5t#S256` hashes it.
+    pub fn sha256(&self, name: &str) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(self.path(&format!("{name}.pem")))
+            .output()
+            .expect("openssl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap_or("")
+            .replace(':', "");
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// A client trusting `ca`, optionally presenting `identity` (a leaf's name).
+    pub fn client(&self, identity: Option<&str>) -> reqwest::Client {
+        let ca = std::fs::read(self.path("ca.pem")).expect("ca");
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"));
+        if let Some(name) = identity {
+            let mut pem = std::fs::read(self.path(&format!("{name}.pem"))).expect("cert");
+            pem.extend(std::fs::read(self.path(&format!("{name}.key"))).expect("key"));
+            b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+        }
+        b.build().expect("client")
+    }
+}
+
+/// The echo upstream over TLS, with `cert` (a [`Pki`] leaf); with `client_ca`, it requires a
+/// client certificate signed by that CA.
+pub struct TlsEcho {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl TlsEcho {
+    pub fn start(pki: &Pki, cert: &str, client_ca: Option<&str>) -> TlsEcho {
+        let port = free_port();
+        let port_s = port.to_string();
+        let cert_path = pki.path(&format!("{cert}.pem"));
+        let key_path = pki.path(&format!("{cert}.key"));
+        let mut args = vec!["tls-echo", &port_s, &cert_path, &key_path];
+        let ca_path = client_ca.map(|ca| pki.path(&format!("{ca}.pem")));
+        if let Some(ca) = &ca_path {
+            args.push(ca);
+        }
+        let proc = python(&args);
+        wait_for_port(port, "TLS echo upstream");
+        TlsEcho { port, _proc: proc }
+    }
+}

@@ -2,6 +2,9 @@
 """Test servers for the Portcullis test suite.
 
   http_fixture.py echo PORT       answers every request with JSON describing it
+  http_fixture.py tls-echo PORT CERT KEY [CLIENT_CA]
+                                  the same over TLS; with CLIENT_CA, a client certificate
+                                  signed by it is required
   http_fixture.py files PORT DIR  serves files from DIR, counting requests per path;
                                   GET /__hits?path=/x returns the count for /x.
                                   A file X.cache-control next to X sets Cache-Control.
@@ -83,13 +86,23 @@ class Files(BaseHTTPRequestHandler):
 
 def main():
     mode, port = sys.argv[1], int(sys.argv[2])
-    if mode == "echo":
+    if mode in ("echo", "tls-echo"):
         handler = Echo
     else:
         Files.root = sys.argv[3]
         handler = Files
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
+    if mode == "tls-echo":
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+        if len(sys.argv) > 5:
+            ctx.load_verify_locations(sys.argv[5])
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        # A failed handshake is the client's problem; keep serving quietly.
+        server.handle_error = lambda request, address: None
     server.serve_forever()
 
 

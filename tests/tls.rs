@@ -1,0 +1,387 @@
+//! TLS at the edge (SNI, HTTP/2, client certificates, certificate-bound tokens) and mutual TLS
+//! to upstreams, with certificates made by the openssl CLI and real TLS peers.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{free_port, rsa_token, Echo, Gateway, Pki, TlsEcho};
+
+fn edge(pki: &Pki, client_auth: &str, tls_port: u16, rest: &str) -> Gateway {
+    edge_with_issuer(pki, client_auth, tls_port, "", rest)
+}
+
+fn edge_with_issuer(
+    pki: &Pki,
+    client_auth: &str,
+    tls_port: u16,
+    issuer_extra: &str,
+    rest: &str,
+) -> Gateway {
+    let client_ca = if client_auth == "none" {
+        String::new()
+    } else {
+        format!("client_ca_file = \"{}\"", pki.path("ca.pem"))
+    };
+    Gateway::start(&format!(
+        r#"
+[server.tls]
+listen = ["127.0.0.1:{tls_port}"]
+certificates = [
+  {{ cert_file = "{server}", key_file = "{server_key}" }},
+  {{ cert_file = "{other}", key_file = "{other_key}" }},
+]
+client_auth = "{client_auth}"
+{client_ca}
+
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-1.jwks.json"
+{issuer_extra}
+
+{rest}
+"#,
+        server = pki.path("server.pem"),
+        server_key = pki.path("server.key"),
+        other = pki.path("other-name.pem"),
+        other_key = pki.path("other-name.key"),
+    ))
+}
+
+const HELLO: &str = r#"
+[[routes]]
+path = "/hello"
+access = "public"
+respond = { body = "hello" }
+
+[[routes]]
+path = "/orders"
+access = "authenticated"
+respond = { body = "orders" }
+"#;
+
+/// `openssl s_client` against the port; returns (handshake succeeded, its output).
+fn s_client(port: u16, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (text.contains("-----BEGIN CERTIFICATE-----"), text)
+}
+
+#[tokio::test]
+async fn edge_tls_serves_http2_by_sni_and_refuses_old_protocols() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _gw = edge(&pki, "none", port, HELLO);
+    common::wait_for_port(port, "TLS listener");
+
+    let client = pki.client(None);
+    let r = client
+        .get(format!("https://localhost:{port}/hello"))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN chose h2");
+    assert_eq!(r.text().await.unwrap(), "hello");
+
+    // HTTP/1.1 clients are served too.
+    let h1 = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(pki.path("ca.pem")).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let r = h1
+        .get(format!("https://localhost:{port}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+
+    // The certificate follows SNI; an unknown name gets the first one.
+    let (_, other) = s_client(port, &["-servername", "other.test"]);
+    assert!(
+        other.contains("CN=other.test") || other.contains("CN = other.test"),
+        "{other}"
+    );
+    let (_, unknown) = s_client(port, &["-servername", "nobody.test"]);
+    assert!(
+        unknown.contains("CN=localhost") || unknown.contains("CN = localhost"),
+        "{unknown}"
+    );
+
+    // TLS 1.2 is the floor.
+    let (ok, _) = s_client(port, &["-tls1_2"]);
+    assert!(ok, "TLS 1.2 is accepted");
+    // The client is made willing (OpenSSL 3 refuses TLS 1.1 by itself at its default security
+    // level), so the refusal must come from the gateway.
+    let (ok, out) = s_client(port, &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]);
+    assert!(!ok, "TLS 1.1 must be refused:\n{out}");
+    assert!(
+        out.contains("SSL alert number"),
+        "refused by the server:\n{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_required_client_certificate_is_enforced() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _gw = edge(&pki, "required", port, HELLO);
+    common::wait_for_port(port, "TLS listener");
+    let url = format!("https://localhost:{port}/hello");
+
+    assert!(
+        pki.client(None).get(&url).send().await.is_err(),
+        "no client certificate: the handshake fails"
+    );
+    assert!(
+        pki.client(Some("rogue-client"))
+            .get(&url)
+            .send()
+            .await
+            .is_err(),
+        "a certificate from another CA fails"
+    );
+    let r = pki.client(Some("client")).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_bound_token_works_only_with_its_certificate() {
+    let pki = Pki::new();
+    let echo = Echo::start();
+    let port = free_port();
+    let _gw = edge(
+        &pki,
+        "optional",
+        port,
+        &format!(
+            r#"
+[upstreams.backend]
+targets = ["127.0.0.1:{}"]
+
+[[routes]]
+path = "/orders"
+access = "authenticated"
+upstream = "backend"
+"#,
+            echo.port
+        ),
+    );
+    common::wait_for_port(port, "TLS listener");
+    let url = format!("https://localhost:{port}/orders");
+    let thumbprint = URL_SAFE_NO_PAD.encode(pki.sha256("client"));
+    let bound = rsa_token(
+        "alice",
+        "agent",
+        &["--claim", &format!(r#"cnf={{"x5t#S256":"{thumbprint}"}}"#)],
+    );
+
+    let with_cert = pki.client(Some("client"));
+    let r = with_cert
+        .get(&url)
+        .bearer_auth(&bound)
+        .header("x-client-cert-sha256", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    let hex: String = pki
+        .sha256("client")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        seen["headers"]["x-client-cert-sha256"],
+        serde_json::json!([hex]),
+        "the verified fingerprint replaces the client's"
+    );
+
+    for (who, client) in [
+        ("no certificate", pki.client(None)),
+        ("another certificate", pki.client(Some("gateway"))),
+    ] {
+        let r = client.get(&url).bearer_auth(&bound).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{who}");
+        let challenge = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.contains("invalid_token"), "{who}: {challenge}");
+        assert!(
+            challenge.contains("not bound to the client certificate"),
+            "{challenge}"
+        );
+    }
+    // An unbound token still works where the issuer does not require binding.
+    let plain = rsa_token("bob", "agent", &[]);
+    let r = pki
+        .client(None)
+        .get(&url)
+        .bearer_auth(&plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_issuer_can_require_bound_tokens() {
+    let pki = Pki::new();
+    let port = free_port();
+    let _gw = edge_with_issuer(&pki, "optional", port, "require_bound_tokens = true", HELLO);
+    common::wait_for_port(port, "TLS listener");
+    let url = format!("https://localhost:{port}/orders");
+    let client = pki.client(Some("client"));
+
+    let plain = rsa_token("bob", "agent", &[]);
+    let r = client.get(&url).bearer_auth(&plain).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("not bound to a client certificate"),
+        "{challenge}"
+    );
+
+    let thumbprint = URL_SAFE_NO_PAD.encode(pki.sha256("client"));
+    let bound = rsa_token(
+        "alice",
+        "agent",
+        &["--claim", &format!(r#"cnf={{"x5t#S256":"{thumbprint}"}}"#)],
+    );
+    let r = client.get(&url).bearer_auth(&bound).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+fn upstream_gateway(pki: &Pki, backend_port: u16, tls: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[upstreams.backend]
+targets = ["127.0.0.1:{backend_port}"]
+connect_timeout = "1s"
+retries = 0
+
+[upstreams.backend.tls]
+sni = "localhost"
+ca_file = "{ca}"
+{tls}
+
+[[routes]]
+path_prefix = "/"
+access = "public"
+upstream = "backend"
+"#,
+        ca = pki.path("ca.pem"),
+    ))
+}
+
+#[tokio::test]
+async fn upstreams_are_reached_over_mutual_tls() {
+    let pki = Pki::new();
+    let strict = TlsEcho::start(&pki, "server", Some("ca"));
+    let client_cert = format!(
+        "client_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        pki.path("gateway.pem"),
+        pki.path("gateway.key")
+    );
+
+    let gw = upstream_gateway(&pki, strict.port, &client_cert);
+    let r = common::get(&gw.url("/agents"), None).await;
+    assert_eq!(r.status, 200, "{} / {}", r.body, gw.log());
+    assert_eq!(r.json()["path"], "/agents");
+
+    // Without a client certificate the backend refuses the handshake.
+    let gw = upstream_gateway(&pki, strict.port, "");
+    let r = common::get(&gw.url("/agents"), None).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert!(gw.log().contains("upstream backend: 502"), "{}", gw.log());
+
+    // A backend whose certificate another CA signed is not trusted.
+    let rogue = TlsEcho::start(&pki, "rogue-server", None);
+    let gw = upstream_gateway(&pki, rogue.port, &client_cert);
+    let r = common::get(&gw.url("/agents"), None).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let log = gw.log();
+    assert!(log.contains("upstream backend: 502"), "{log}");
+}
+
+#[tokio::test]
+async fn upstream_failures_are_json_and_connection_failures_are_retried() {
+    let echo = Echo::start();
+    // A port nobody listens on, and one that accepts but never answers.
+    let closed = free_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.down]
+targets = ["127.0.0.1:{closed}"]
+retries = 0
+
+[upstreams.half]
+targets = ["127.0.0.1:{closed}", "127.0.0.1:{echo}"]
+retries = 1
+
+[upstreams.slow]
+targets = ["127.0.0.1:{silent_port}"]
+read_timeout = "300ms"
+
+[[routes]]
+path = "/down"
+access = "public"
+upstream = "down"
+
+[[routes]]
+path = "/half"
+access = "public"
+upstream = "half"
+
+[[routes]]
+path = "/slow"
+access = "public"
+upstream = "slow"
+"#,
+        echo = echo.port
+    ));
+
+    let r = common::get(&gw.url("/down"), None).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["error"], "bad_gateway");
+
+    // Every other attempt lands on the closed target first; the retry saves each of them.
+    for i in 0..6 {
+        let r = common::send("POST", &gw.url("/half"), None, &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+
+    let started = std::time::Instant::now();
+    let r = common::get(&gw.url("/slow"), None).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
