@@ -528,8 +528,16 @@ pub struct UpstreamConf {
     /// retry. Default: 1.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// A target that refuses or fails a connection gets no traffic for this long; then one
+    /// request tries it again. `"0s"` turns ejection off. Default: 10s.
+    #[serde(default = "default_ejection", with = "humantime_serde")]
+    pub passive_ejection: Duration,
     /// `[upstreams.NAME.tls]`: speak TLS to the targets.
     pub tls: Option<UpstreamTlsConf>,
+}
+
+fn default_ejection() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_retries() -> usize {

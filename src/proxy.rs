@@ -67,6 +67,8 @@ pub struct RequestCtx {
     downstream: Downstream,
     /// Connection attempts left for another target.
     retries_left: usize,
+    /// The target of the current connection attempt.
+    target: Option<usize>,
 }
 
 impl RequestCtx {
@@ -198,6 +200,7 @@ impl ProxyHttp for Gateway {
             quota: None,
             downstream: Downstream::default(),
             retries_left: 0,
+            target: None,
         }
     }
 
@@ -240,7 +243,13 @@ impl ProxyHttp for Gateway {
                 "request reached upstream_peer unadmitted",
             )
         })?;
-        Ok(Box::new(ctx.snapshot.upstreams[id].peer()))
+        let upstream = &ctx.snapshot.upstreams[id];
+        // Every target ejected: answer 503 now rather than wait on a dead one.
+        let target = upstream
+            .pick()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "every target is ejected"))?;
+        ctx.target = Some(target);
+        Ok(Box::new(upstream.peer(target)))
     }
 
     async fn upstream_request_filter(
@@ -274,6 +283,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(id), Some(target)) = (ctx.upstream, ctx.target) {
+            ctx.snapshot.upstreams[id].eject(target);
+        }
         // Nothing reached the backend, so another target may take the request, whatever the
         // method. `upstream_peer` moves on to the next target.
         if ctx.retries_left > 0 {

@@ -2,9 +2,11 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use once_cell::sync::Lazy;
 
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -36,6 +38,15 @@ pub struct Upstream {
     /// Connection attempts after the first that may go to another target.
     pub retries: usize,
     tls: Option<UpstreamTls>,
+    /// Per target: milliseconds on the process clock until which it gets no traffic.
+    ejected_until: Vec<AtomicU64>,
+    ejection: Duration,
+}
+
+/// Milliseconds since the process started; ejections are timed on it.
+fn now_ms() -> u64 {
+    static START: Lazy<Instant> = Lazy::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A problem with one field of `[upstreams.NAME]`.
@@ -117,13 +128,41 @@ impl Upstream {
             write_timeout: conf.write_timeout,
             retries: conf.retries,
             tls,
+            ejected_until: conf.targets.iter().map(|_| AtomicU64::new(0)).collect(),
+            ejection: conf.passive_ejection,
         })
     }
 
-    /// The peer for the next attempt, round robin over the targets (a retry moves on).
-    pub fn peer(&self) -> HttpPeer {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
-        let addr = self.targets[i];
+    /// The next target in turn that is not ejected, or `None` when every one is.
+    pub fn pick(&self) -> Option<usize> {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.ejected_until[i].load(Ordering::Relaxed) <= now)
+    }
+
+    /// Takes a target out of rotation after a failed connection.
+    pub fn eject(&self, target: usize) {
+        if self.ejection.is_zero() {
+            return;
+        }
+        if let Some(slot) = self.ejected_until.get(target) {
+            let ms = u64::try_from(self.ejection.as_millis()).unwrap_or(u64::MAX);
+            slot.store(now_ms().saturating_add(ms), Ordering::Relaxed);
+            log::warn!(
+                "upstream {}: target {} ejected for {}",
+                self.name,
+                self.targets[target],
+                humantime::format_duration(self.ejection)
+            );
+        }
+    }
+
+    /// The peer for one connection attempt to `target` (from [`Upstream::pick`]).
+    pub fn peer(&self, target: usize) -> HttpPeer {
+        let addr = self.targets[target % self.targets.len()];
         let mut peer = match &self.tls {
             None => HttpPeer::new(addr, false, String::new()),
             Some(t) => {

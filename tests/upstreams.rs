@@ -1,0 +1,113 @@
+//! Upstream failures through the running gateway: JSON errors, connection retries, ejection
+//! of failing targets, timeouts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, get, send, Echo, Gateway};
+
+#[tokio::test]
+async fn upstream_failures_are_json_and_connection_failures_are_retried() {
+    let echo = Echo::start();
+    // A port nobody listens on, and one that accepts but never answers.
+    let closed = free_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            held.push(conn);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.down]
+targets = ["127.0.0.1:{closed}"]
+retries = 0
+
+[upstreams.half]
+targets = ["127.0.0.1:{closed}", "127.0.0.1:{echo}"]
+retries = 1
+
+[upstreams.eject]
+targets = ["127.0.0.1:{closed}", "127.0.0.1:{echo}"]
+retries = 0
+passive_ejection = "1s"
+
+[upstreams.slow]
+targets = ["127.0.0.1:{silent_port}"]
+read_timeout = "300ms"
+
+[[routes]]
+path = "/down"
+access = "public"
+upstream = "down"
+
+[[routes]]
+path = "/half"
+access = "public"
+upstream = "half"
+
+[[routes]]
+path = "/eject"
+access = "public"
+upstream = "eject"
+
+[[routes]]
+path = "/slow"
+access = "public"
+upstream = "slow"
+"#,
+        echo = echo.port
+    ));
+
+    let r = get(&gw.url("/down"), None).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["error"], "bad_gateway");
+    // Its only target is now ejected: a prompt 503, no connection attempt.
+    let started = std::time::Instant::now();
+    let r = get(&gw.url("/down"), None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "service_unavailable");
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // Without retries, one request finds the dead target; after that it gets no traffic
+    // until the ejection ends, when one request tries it again.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(get(&gw.url("/eject"), None).await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 502),
+        "{statuses:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut after = Vec::new();
+    for _ in 0..4 {
+        after.push(get(&gw.url("/eject"), None).await.status);
+    }
+    assert_eq!(
+        after.iter().filter(|&&s| s == 502).count(),
+        1,
+        "probed again: {after:?}"
+    );
+
+    // Every other attempt lands on the closed target first; the retry saves each of them.
+    for i in 0..6 {
+        let r = send("POST", &gw.url("/half"), None, &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+
+    let started = std::time::Instant::now();
+    let r = get(&gw.url("/slow"), None).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
