@@ -534,6 +534,58 @@ pub struct UpstreamConf {
     pub passive_ejection: Duration,
     /// `[upstreams.NAME.tls]`: speak TLS to the targets.
     pub tls: Option<UpstreamTlsConf>,
+    /// `[upstreams.NAME.health_check]`: probe each target; one found down gets no traffic.
+    pub health_check: Option<HealthCheckConf>,
+}
+
+/// `[upstreams.NAME.health_check]`. Targets count as up until probes say otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConf {
+    /// `tcp` (a connection opens) or `http` (`GET path` answers `expect_status`; plain-HTTP
+    /// upstreams only).
+    pub kind: HealthCheckKind,
+    /// Default: `/`.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Default: 200.
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    /// Default: 5s.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Default: 1s.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Successes in a row that bring a down target back. Default: 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures in a row that take a target down. Default: 3.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    Tcp,
+    Http,
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
 }
 
 fn default_ejection() -> Duration {

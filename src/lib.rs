@@ -8,6 +8,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod client_ip;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod key_refresh;
 pub mod metrics;

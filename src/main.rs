@@ -11,6 +11,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use portcullis::admin::Admin;
+use portcullis::health::HealthChecker;
 use portcullis::key_refresh::KeyRefresher;
 use portcullis::proxy::Gateway;
 use portcullis::reload::{catch_sighup, Reloader};
@@ -235,6 +236,10 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     server.add_service(background_service(
         "key refresh",
         KeyRefresher::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(shared.clone()),
     ));
     if let Some(addr) = settings.admin_listen {
         let mut admin = Service::new("admin".into(), Admin);

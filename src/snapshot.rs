@@ -120,6 +120,11 @@ impl Snapshot {
         for (name, conf) in &config.upstreams {
             let upstream = Upstream::compile(name, conf.get_ref(), |p| c.relative(p))
                 .map_err(|e| c.in_table(conf, &format!("upstreams.{name}"), e.field, &e.message))?;
+            if let Some(before) =
+                previous.and_then(|p| p.upstreams.iter().find(|u| *u.name == **name))
+            {
+                upstream.inherit_health(before);
+            }
             upstream_ids.insert(name.as_str(), upstreams.len());
             upstreams.push(upstream);
         }

@@ -12,7 +12,8 @@ use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::CertKey;
 
-use crate::config::UpstreamConf;
+use crate::config::{HealthCheckConf, HealthCheckKind, UpstreamConf};
+use crate::health::TargetHealth;
 use crate::tls;
 
 /// Index of an upstream in a snapshot.
@@ -41,6 +42,10 @@ pub struct Upstream {
     /// Per target: milliseconds on the process clock until which it gets no traffic.
     ejected_until: Vec<AtomicU64>,
     ejection: Duration,
+    health_check: Option<HealthCheckConf>,
+    health: Vec<TargetHealth>,
+    /// Process-clock milliseconds of the next health check round.
+    next_check: AtomicU64,
 }
 
 /// Milliseconds since the process started; ejections are timed on it.
@@ -111,6 +116,16 @@ impl Upstream {
                         ))
                     }
                 };
+                if conf
+                    .health_check
+                    .as_ref()
+                    .is_some_and(|h| h.kind == HealthCheckKind::Http)
+                {
+                    return Err(error(
+                        "health_check",
+                        "http checks need a plain-HTTP upstream; use kind = \"tcp\" with TLS",
+                    ));
+                }
                 Some(UpstreamTls {
                     sni: t.sni.clone(),
                     ca,
@@ -119,6 +134,20 @@ impl Upstream {
                 })
             }
         };
+        if let Some(h) = &conf.health_check {
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                return Err(error(
+                    "health_check",
+                    "interval and timeout must be above zero",
+                ));
+            }
+            if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
+                return Err(error(
+                    "health_check",
+                    "path must start with / and have no spaces",
+                ));
+            }
+        }
         Ok(Self {
             name: name.into(),
             targets,
@@ -130,7 +159,52 @@ impl Upstream {
             tls,
             ejected_until: conf.targets.iter().map(|_| AtomicU64::new(0)).collect(),
             ejection: conf.passive_ejection,
+            health_check: conf.health_check.clone(),
+            health: conf
+                .targets
+                .iter()
+                .map(|_| TargetHealth::default())
+                .collect(),
+            next_check: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps what `previous` (the same upstream before a reload) knew about targets that are
+    /// still there, so a reload does not send traffic to a target known to be down.
+    pub fn inherit_health(&self, previous: &Upstream) {
+        for (i, addr) in self.targets.iter().enumerate() {
+            if let Some(j) = previous.targets.iter().position(|a| a == addr) {
+                self.health[i].copy_from(&previous.health[j]);
+            }
+        }
+    }
+
+    pub fn targets(&self) -> &[SocketAddr] {
+        &self.targets
+    }
+
+    pub fn health(&self, target: usize) -> &TargetHealth {
+        &self.health[target]
+    }
+
+    /// The health check settings when a round of probes is due (and schedules the next).
+    pub fn health_check_due(&self) -> Option<&HealthCheckConf> {
+        let conf = self.health_check.as_ref()?;
+        let now = now_ms();
+        let due = self.next_check.load(Ordering::Relaxed);
+        if now < due {
+            return None;
+        }
+        let interval = u64::try_from(conf.interval.as_millis()).unwrap_or(u64::MAX);
+        self.next_check
+            .compare_exchange(
+                due,
+                now.saturating_add(interval),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .ok()
+            .map(|_| conf)
     }
 
     /// The next target in turn that is not ejected, or `None` when every one is.
@@ -138,9 +212,9 @@ impl Upstream {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.ejected_until[i].load(Ordering::Relaxed) <= now)
+        (0..n).map(|k| (start + k) % n).find(|&i| {
+            self.health[i].is_up() && self.ejected_until[i].load(Ordering::Relaxed) <= now
+        })
     }
 
     /// Takes a target out of rotation after a failed connection.

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, get, send, Echo, Gateway};
+use common::{free_port, get, send, Echo, FileServer, Gateway};
 
 #[tokio::test]
 async fn upstream_failures_are_json_and_connection_failures_are_retried() {
@@ -110,4 +110,58 @@ upstream = "slow"
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "gateway_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn health_checks_take_a_failing_target_out_and_bring_it_back() {
+    let echo = Echo::start();
+    let files = FileServer::start();
+    files.put("health", "ok");
+    files.put("who", "files");
+    let gw = Gateway::start(&format!(
+        r#"
+[upstreams.pool]
+targets = ["127.0.0.1:{echo}", "127.0.0.1:{files}"]
+
+[upstreams.pool.health_check]
+kind = "http"
+path = "/health"
+interval = "100ms"
+timeout = "500ms"
+rise = 2
+fall = 2
+
+[[routes]]
+path = "/who"
+access = "public"
+upstream = "pool"
+"#,
+        echo = echo.port,
+        files = files.port
+    ));
+    let who = || async {
+        let mut served = Vec::new();
+        for _ in 0..6 {
+            let r = get(&gw.url("/who"), None).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            served.push(if r.body == "files" { "files" } else { "echo" });
+        }
+        served
+    };
+    assert!(
+        who().await.contains(&"files"),
+        "both targets serve while healthy"
+    );
+
+    // The health endpoint starts failing (404): after two failed probes, no more traffic.
+    std::fs::remove_file(files.root.path().join("health")).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!who().await.contains(&"files"), "{}", gw.log());
+    assert!(gw.log().contains("is down (status 404)"), "{}", gw.log());
+
+    // It recovers: two good probes bring it back.
+    files.put("health", "ok");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(who().await.contains(&"files"), "{}", gw.log());
+    assert!(gw.log().contains("is up"), "{}", gw.log());
 }

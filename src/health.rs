@@ -1,0 +1,181 @@
+//! Active health checks of upstream targets, run in the background for the current config.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{HealthCheckConf, HealthCheckKind};
+use crate::snapshot::SharedSnapshot;
+
+/// Health of one target, as probes have found it.
+#[derive(Debug)]
+pub struct TargetHealth {
+    up: AtomicBool,
+    /// Probes in a row that disagreed with `up`.
+    streak: AtomicU32,
+}
+
+impl Default for TargetHealth {
+    fn default() -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+        }
+    }
+}
+
+impl TargetHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Records one probe; returns the new state when it changed.
+    fn record(&self, ok: bool, conf: &HealthCheckConf) -> Option<bool> {
+        if ok == self.is_up() {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if ok { conf.rise } else { conf.fall };
+        if streak >= needed.max(1) {
+            self.up.store(ok, Ordering::Relaxed);
+            self.streak.store(0, Ordering::Relaxed);
+            Some(ok)
+        } else {
+            None
+        }
+    }
+
+    pub fn copy_from(&self, other: &TargetHealth) {
+        self.up.store(other.is_up(), Ordering::Relaxed);
+    }
+}
+
+/// One probe of `addr`: `Err` says why it failed. HTTP probes are plain HTTP/1.1 with the
+/// target's address as `Host`.
+async fn probe(addr: SocketAddr, conf: &HealthCheckConf) -> Result<(), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    if conf.kind == HealthCheckKind::Tcp {
+        return Ok(());
+    }
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: portcullis-health-check\r\nConnection: close\r\n\r\n",
+        conf.path
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    // The status line is all that matters; read a bounded amount.
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].windows(2).any(|w| w == b"\r\n") {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let line = String::from_utf8_lossy(&buf[..len]);
+    let status: Option<u16> = line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    match status {
+        Some(s) if s == conf.expect_status => Ok(()),
+        Some(s) => Err(format!("status {s}")),
+        None => Err("no HTTP status line".into()),
+    }
+}
+
+/// How often upstreams are asked whether a probe is due.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct HealthChecker {
+    config: SharedSnapshot,
+}
+
+impl HealthChecker {
+    pub fn new(config: SharedSnapshot) -> Self {
+        Self { config }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let snapshot = self.config.load_full();
+            for (id, upstream) in snapshot.upstreams.iter().enumerate() {
+                let Some(conf) = upstream.health_check_due() else {
+                    continue;
+                };
+                for (target, addr) in upstream.targets().iter().enumerate() {
+                    let (snapshot, addr) = (snapshot.clone(), *addr);
+                    let conf = conf.clone();
+                    // One task per probe: a hanging target does not hold up the others.
+                    tokio::spawn(async move {
+                        let upstream = &snapshot.upstreams[id];
+                        let result = tokio::time::timeout(conf.timeout, probe(addr, &conf))
+                            .await
+                            .unwrap_or_else(|_| Err("timed out".into()));
+                        let health = upstream.health(target);
+                        match (health.record(result.is_ok(), &conf), result) {
+                            (Some(false), Err(why)) => log::warn!(
+                                "upstream {}: target {addr} is down ({why})",
+                                upstream.name
+                            ),
+                            (Some(true), _) => {
+                                log::info!("upstream {}: target {addr} is up", upstream.name)
+                            }
+                            _ => {}
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall_need_streaks() {
+        let conf = HealthCheckConf {
+            kind: HealthCheckKind::Tcp,
+            path: "/".into(),
+            expect_status: 200,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        };
+        let h = TargetHealth::default();
+        assert_eq!(h.record(false, &conf), None);
+        assert_eq!(h.record(false, &conf), None);
+        assert_eq!(h.record(true, &conf), None, "a success breaks the streak");
+        assert_eq!(h.record(false, &conf), None);
+        assert_eq!(h.record(false, &conf), None);
+        assert_eq!(h.record(false, &conf), Some(false));
+        assert!(!h.is_up());
+        assert_eq!(h.record(true, &conf), None);
+        assert_eq!(h.record(true, &conf), Some(true));
+        assert!(h.is_up());
+    }
+}
