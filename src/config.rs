@@ -512,8 +512,14 @@ impl Default for ClaimsConf {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConf {
-    /// `host:port` targets, used in turn. Host names are resolved when the config is loaded.
-    pub targets: Vec<String>,
+    /// Targets: `"host:port"`, or `{ address = "host:port", weight = 3 }` (weight 1 to 100,
+    /// default 1). Host names are resolved when the config is loaded.
+    pub targets: Vec<TargetConf>,
+    /// `round_robin` (default; weighted, smooth) or `consistent_hash` (by consumer: the
+    /// token's subject, or the client address on public routes; a consumer keeps its target
+    /// while that target is up).
+    #[serde(default)]
+    pub balance: Balance,
     /// Default: 2s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -590,6 +596,30 @@ fn default_fall() -> u32 {
 
 fn default_ejection() -> Duration {
     Duration::from_secs(10)
+}
+
+/// One target of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetConf {
+    Address(String),
+    Weighted {
+        address: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    ConsistentHash,
 }
 
 fn default_retries() -> usize {

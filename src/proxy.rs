@@ -69,6 +69,8 @@ pub struct RequestCtx {
     retries_left: usize,
     /// The target of the current connection attempt.
     target: Option<usize>,
+    /// The consumer, for upstreams that pick targets by consistent hashing.
+    affinity: Option<String>,
 }
 
 impl RequestCtx {
@@ -181,6 +183,14 @@ async fn admit<'s>(
     }
 
     // 5. Hand over to the upstream, or answer directly.
+    if let Action::Forward(id) = &route.action {
+        if snap.upstreams[*id].hashes() {
+            ctx.affinity = Some(match &principal {
+                Some(p) => p.subject.clone(),
+                None => snap.client_ip.resolve(ctx.downstream.ip, req).to_string(),
+            });
+        }
+    }
     Ok(match &route.action {
         Action::Forward(upstream) => Admitted::Forward(*upstream, identity),
         Action::Respond(reply) => Admitted::Respond(reply),
@@ -201,6 +211,7 @@ impl ProxyHttp for Gateway {
             downstream: Downstream::default(),
             retries_left: 0,
             target: None,
+            affinity: None,
         }
     }
 
@@ -246,7 +257,7 @@ impl ProxyHttp for Gateway {
         let upstream = &ctx.snapshot.upstreams[id];
         // Every target ejected: answer 503 now rather than wait on a dead one.
         let target = upstream
-            .pick()
+            .pick(ctx.affinity.as_deref().map(str::as_bytes))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "every target is ejected"))?;
         ctx.target = Some(target);
         Ok(Box::new(upstream.peer(target)))

@@ -12,7 +12,7 @@ use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::CertKey;
 
-use crate::config::{HealthCheckConf, HealthCheckKind, UpstreamConf};
+use crate::config::{Balance, HealthCheckConf, HealthCheckKind, TargetConf, UpstreamConf};
 use crate::health::TargetHealth;
 use crate::tls;
 
@@ -28,10 +28,13 @@ struct UpstreamTls {
     verify_hostname: bool,
 }
 
-#[derive(Debug)]
 pub struct Upstream {
     pub name: Box<str>,
     targets: Vec<SocketAddr>,
+    /// Smooth weighted round robin: target indexes in the order they take turns.
+    schedule: Vec<usize>,
+    /// For `consistent_hash`: the ring over the targets, by weight.
+    ring: Option<pingora_ketama::Continuum>,
     next: AtomicUsize,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -79,14 +82,34 @@ impl Upstream {
             return Err(error("targets", "at least one host:port is needed"));
         }
         let mut targets = Vec::with_capacity(conf.targets.len());
+        let mut weights = Vec::with_capacity(conf.targets.len());
         for target in &conf.targets {
-            let addr = target
+            let (address, weight) = match target {
+                TargetConf::Address(a) => (a, 1),
+                TargetConf::Weighted { address, weight } => (address, *weight),
+            };
+            if !(1..=100).contains(&weight) {
+                return Err(error(
+                    "targets",
+                    format!("{address:?}: weight must be 1 to 100"),
+                ));
+            }
+            let addr = address
                 .to_socket_addrs()
-                .map_err(|e| error("targets", format!("cannot resolve {target:?}: {e}")))?
+                .map_err(|e| error("targets", format!("cannot resolve {address:?}: {e}")))?
                 .next()
-                .ok_or_else(|| error("targets", format!("{target:?} resolves to no address")))?;
+                .ok_or_else(|| error("targets", format!("{address:?} resolves to no address")))?;
             targets.push(addr);
+            weights.push(weight);
         }
+        let ring = (conf.balance == Balance::ConsistentHash).then(|| {
+            let buckets: Vec<pingora_ketama::Bucket> = targets
+                .iter()
+                .zip(&weights)
+                .map(|(a, w)| pingora_ketama::Bucket::new(*a, *w))
+                .collect();
+            pingora_ketama::Continuum::new(&buckets)
+        });
         let tls = match &conf.tls {
             None => None,
             Some(t) => {
@@ -150,6 +173,8 @@ impl Upstream {
         }
         Ok(Self {
             name: name.into(),
+            schedule: smooth_weighted_schedule(&weights),
+            ring,
             targets,
             next: AtomicUsize::new(0),
             connect_timeout: conf.connect_timeout,
@@ -207,14 +232,33 @@ impl Upstream {
             .map(|_| conf)
     }
 
-    /// The next target in turn that is not ejected, or `None` when every one is.
-    pub fn pick(&self) -> Option<usize> {
-        let n = self.targets.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Whether targets are chosen by a consumer key ([`Upstream::pick`] wants one).
+    pub fn hashes(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    fn available(&self, i: usize, now: u64) -> bool {
+        self.health[i].is_up() && self.ejected_until[i].load(Ordering::Relaxed) <= now
+    }
+
+    /// The target for the next attempt: by `key` on the ring with `consistent_hash` (the next
+    /// one on the ring when it is out), else the next in turn. `None` when every target is
+    /// down or ejected.
+    pub fn pick(&self, key: Option<&[u8]>) -> Option<usize> {
         let now = now_ms();
-        (0..n).map(|k| (start + k) % n).find(|&i| {
-            self.health[i].is_up() && self.ejected_until[i].load(Ordering::Relaxed) <= now
-        })
+        if let (Some(ring), Some(key)) = (&self.ring, key) {
+            // The ring repeats targets; a bounded walk finds the next available one.
+            return ring
+                .node_iter(key)
+                .take(self.targets.len() * 8)
+                .filter_map(|addr| self.targets.iter().position(|a| a == addr))
+                .find(|&i| self.available(i, now));
+        }
+        let n = self.schedule.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| self.schedule[(start + k) % n])
+            .find(|&i| self.available(i, now))
     }
 
     /// Takes a target out of rotation after a failed connection.
@@ -252,5 +296,40 @@ impl Upstream {
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.write_timeout);
         peer
+    }
+}
+
+/// Nginx's smooth weighted round robin, unrolled once: weights 5, 1, 1 give
+/// a a b a c a a rather than a a a a a b c.
+fn smooth_weighted_schedule(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(weights) {
+            *c += i64::from(w);
+        }
+        let Some((best, _)) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, -(*i as i64)))
+        else {
+            break;
+        };
+        current[best] -= total;
+        schedule.push(best);
+    }
+    schedule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_interleaved() {
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[1, 1]), [0, 1]);
+        assert_eq!(smooth_weighted_schedule(&[2, 1]).len(), 3);
     }
 }

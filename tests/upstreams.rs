@@ -165,3 +165,61 @@ upstream = "pool"
     assert!(who().await.contains(&"files"), "{}", gw.log());
     assert!(gw.log().contains("is up"), "{}", gw.log());
 }
+
+#[tokio::test]
+async fn weights_and_consistent_hashing_choose_targets() {
+    let a = FileServer::start();
+    let b = FileServer::start();
+    for (server, name) in [(&a, "a"), (&b, "b")] {
+        server.put("who", name);
+        server.put("sticky/who", name);
+    }
+    let gw = Gateway::start(&format!(
+        r#"
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-1.jwks.json"
+
+[upstreams.weighted]
+targets = [{{ address = "127.0.0.1:{a}", weight = 3 }}, "127.0.0.1:{b}"]
+
+[upstreams.sticky]
+targets = ["127.0.0.1:{a}", "127.0.0.1:{b}"]
+balance = "consistent_hash"
+
+[[routes]]
+path = "/who"
+access = "public"
+upstream = "weighted"
+
+[[routes]]
+path_prefix = "/sticky"
+access = "authenticated"
+upstream = "sticky"
+"#,
+        a = a.port,
+        b = b.port
+    ));
+    let mut served = Vec::new();
+    for _ in 0..8 {
+        served.push(get(&gw.url("/who"), None).await.body);
+    }
+    assert_eq!(
+        served.iter().filter(|s| *s == "a").count(),
+        6,
+        "3:1 → {served:?}"
+    );
+
+    // Each consumer always lands on the same target; consumers spread over both.
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let token = common::rsa_token(&format!("user-{user}"), "agent", &[]);
+        let first = get(&gw.url("/sticky/who"), Some(&token)).await.body;
+        for _ in 0..3 {
+            assert_eq!(get(&gw.url("/sticky/who"), Some(&token)).await.body, first);
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
