@@ -222,4 +222,9 @@ upstream = "sticky"
         seen.insert(first);
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // The upstream's own errors pass through untouched.
+    let token = common::rsa_token("user-1", "agent", &[]);
+    let r = get(&gw.url("/sticky/missing"), Some(&token)).await;
+    assert_eq!((r.status, r.body.as_str()), (404, "{}"));
 }
