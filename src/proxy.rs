@@ -255,10 +255,10 @@ impl ProxyHttp for Gateway {
             )
         })?;
         let upstream = &ctx.snapshot.upstreams[id];
-        // Every target ejected: answer 503 now rather than wait on a dead one.
+        // Every target down or ejected: answer 503 now rather than wait on a dead one.
         let target = upstream
             .pick(ctx.affinity.as_deref().map(str::as_bytes))
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "every target is ejected"))?;
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no target is available"))?;
         ctx.target = Some(target);
         Ok(Box::new(upstream.peer(target)))
     }
