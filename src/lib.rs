@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod reload;
+pub mod request_id;
 pub mod respond;
 pub mod route;
 pub mod snapshot;

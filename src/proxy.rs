@@ -16,6 +16,7 @@ use crate::authenticate::{bearer_token, AuthError, Principal};
 use crate::config::Access;
 use crate::identity::IdentityValues;
 use crate::rate_limit::{Caller, Verdict};
+use crate::request_id;
 use crate::respond::{Rejection, Reply};
 use crate::route;
 use crate::snapshot::{Action, SharedSnapshot, Snapshot};
@@ -71,6 +72,7 @@ pub struct RequestCtx {
     target: Option<usize>,
     /// The consumer, for upstreams that pick targets by consistent hashing.
     affinity: Option<String>,
+    request_id: http::HeaderValue,
 }
 
 impl RequestCtx {
@@ -89,7 +91,8 @@ enum Admitted<'s> {
 }
 
 /// One line per denial, for operators; the token itself is never logged.
-fn log_denial(req: &RequestHeader, snap: &Snapshot, rejection: &Rejection) {
+fn log_denial(req: &RequestHeader, ctx: &RequestCtx, rejection: &Rejection) {
+    let snap = &ctx.snapshot;
     let reason = match rejection {
         Rejection::BadPath(e) => e.to_string(),
         Rejection::NotFound => "no route".into(),
@@ -100,10 +103,11 @@ fn log_denial(req: &RequestHeader, snap: &Snapshot, rejection: &Rejection) {
     };
     log::info!(
         target: "portcullis::audit",
-        "deny status={} method={} path={} reason={reason}",
+        "deny status={} method={} path={} request_id={} reason={reason}",
         rejection.status(),
         req.method,
-        req.uri.path()
+        req.uri.path(),
+        ctx.request_id.to_str().unwrap_or("-")
     );
 }
 
@@ -212,34 +216,34 @@ impl ProxyHttp for Gateway {
             retries_left: 0,
             target: None,
             affinity: None,
+            request_id: http::HeaderValue::from_static("-"),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = ctx.snapshot.clone();
         ctx.downstream = Downstream::of(session);
+        ctx.request_id = request_id::of(session.req_header());
         let outcome = admit(session.req_header(), &snap, ctx).await;
-        let reply = match outcome {
+        let mut reply = match outcome {
             Ok(Admitted::Forward(upstream, identity)) => {
                 ctx.upstream = Some(upstream);
                 ctx.identity = identity;
                 ctx.retries_left = snap.upstreams[upstream].retries;
                 return Ok(false);
             }
-            Ok(Admitted::Respond(reply)) => Cow::Borrowed(reply),
+            Ok(Admitted::Respond(reply)) => reply.clone(),
             Err(rejection) => {
-                log_denial(session.req_header(), &snap, &rejection);
-                Cow::Owned(snap.responses.reply(rejection))
+                log_denial(session.req_header(), ctx, &rejection);
+                snap.responses.reply(rejection)
             }
         };
-        let quota = ctx.quota_headers();
-        if quota.is_empty() {
-            reply.send(session).await?;
-        } else {
-            let mut reply = reply.into_owned();
-            reply.headers.extend(quota);
-            reply.send(session).await?;
-        }
+        reply.headers.extend(ctx.quota_headers());
+        reply.headers.push((
+            http::HeaderName::from_static(request_id::HEADER),
+            ctx.request_id.clone(),
+        ));
+        reply.send(session).await?;
         Ok(true)
     }
 
@@ -274,6 +278,7 @@ impl ProxyHttp for Gateway {
             ctx.identity.as_ref(),
             ctx.downstream.cert_sha256.as_deref(),
         )?;
+        upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         if let Some(path) = ctx.normalized_path.take() {
             let uri = match upstream_request.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -335,7 +340,11 @@ impl ProxyHttp for Gateway {
         let status = failure.status();
         // Once the upstream's own response has started, it cannot be replaced.
         if status > 0 && session.response_written().is_none() {
-            let reply = ctx.snapshot.responses.upstream_failure(status);
+            let mut reply = ctx.snapshot.responses.upstream_failure(status);
+            reply.headers.push((
+                http::HeaderName::from_static(request_id::HEADER),
+                ctx.request_id.clone(),
+            ));
             if let Err(e) = reply.send(session).await {
                 log::debug!("could not send the error response: {e}");
             }
@@ -355,6 +364,7 @@ impl ProxyHttp for Gateway {
         for (name, value) in ctx.quota_headers() {
             upstream_response.insert_header(name, value)?;
         }
+        upstream_response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         Ok(())
     }
 }

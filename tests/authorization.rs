@@ -242,3 +242,40 @@ async fn scopes_are_enforced() {
     assert_eq!(get(&gw.url("/reports"), Some(&with)).await.status, 200);
     assert_eq!(get(&gw.url("/reports"), Some(&without)).await.status, 403);
 }
+
+#[tokio::test]
+async fn every_request_carries_one_request_id_and_trace_context_passes() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = send(
+        "GET",
+        &gw.url("/public/x"),
+        None,
+        &[("traceparent", traceparent)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let id = r.header("x-request-id").expect("X-Request-Id").to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-request-id"], serde_json::json!([id]));
+    assert_eq!(
+        seen["headers"]["traceparent"],
+        serde_json::json!([traceparent])
+    );
+
+    // A caller's own id is kept; the gateway's denials carry it too.
+    let r = send(
+        "GET",
+        &gw.url("/agents/1"),
+        None,
+        &[("x-request-id", "caller-42")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-request-id"), Some("caller-42"));
+    assert!(gw.log().contains("request_id=caller-42"), "{}", gw.log());
+    let other = get(&gw.url("/public/x"), None).await;
+    assert_ne!(other.header("x-request-id"), Some(id.as_str()));
+}

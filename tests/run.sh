@@ -26,5 +26,5 @@ if [ ! -d tests/idp/node_modules/oidc-provider ]; then
 fi
 
 cargo fmt --check
-cargo clippy --release --all-targets -- -D warnings
-cargo test --release --all-targets
+cargo clippy --profile ci --all-targets -- -D warnings
+cargo test --profile ci --all-targets
