@@ -346,6 +346,8 @@ pub struct IdentityHeadersConf {
     /// SHA-256 of the verified TLS client certificate, hex (only with `[server.tls]`
     /// client certificates).
     pub client_cert_sha256: String,
+    /// Subject of the verified TLS client certificate, RFC 4514 (`CN=agent-7,O=Example`).
+    pub client_cert_subject: String,
     /// More headers to remove from every client request (e.g. `X-Userinfo`).
     pub strip: Vec<String>,
     /// Pass the client's `Authorization` header upstream. Default: true, as APISIX and Kong do.
@@ -362,6 +364,7 @@ impl Default for IdentityHeadersConf {
             client_id: "X-Client-Id".into(),
             issuer: "X-Auth-Issuer".into(),
             client_cert_sha256: "X-Client-Cert-Sha256".into(),
+            client_cert_subject: "X-Client-Cert-Subject".into(),
             strip: Vec::new(),
             forward_authorization: true,
         }
@@ -529,6 +532,12 @@ pub struct UpstreamConf {
     /// Longest wait for the upstream to take more of a request. Default: 60s.
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Longest time for the whole exchange with the upstream, retries included, from the
+    /// first connection attempt to the last byte of the response: 504 if the response has
+    /// not started by then, a cut connection if it has. WebSockets are bound by it only until
+    /// the upgrade. Default: none (long polls and downloads are bound by `read_timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     /// A connection that fails (refused, unreachable, TLS handshake, connect timeout) is
     /// retried on the next target this many times. Nothing was sent, so any method is safe to
     /// retry. Default: 1.

@@ -5,6 +5,7 @@ use pingora_http::RequestHeader;
 
 use crate::authenticate::Principal;
 use crate::config::IdentityHeadersConf;
+use crate::tls::ClientCert;
 
 /// A claim that cannot be written as a header value (it holds control characters).
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,7 @@ pub struct IdentityHeaders {
     client_id: Option<HeaderName>,
     issuer: Option<HeaderName>,
     client_cert: Option<HeaderName>,
+    client_cert_subject: Option<HeaderName>,
     /// Everything removed from client requests: the names above and `strip`.
     strip: Vec<HeaderName>,
     forward_authorization: bool,
@@ -42,6 +44,7 @@ impl IdentityHeaders {
         let client_id = name("client_id", &conf.client_id)?;
         let issuer = name("issuer", &conf.issuer)?;
         let client_cert = name("client_cert_sha256", &conf.client_cert_sha256)?;
+        let client_cert_subject = name("client_cert_subject", &conf.client_cert_subject)?;
         let mut strip: Vec<HeaderName> = [
             &subject,
             &roles,
@@ -50,6 +53,7 @@ impl IdentityHeaders {
             &client_id,
             &issuer,
             &client_cert,
+            &client_cert_subject,
         ]
         .into_iter()
         .flatten()
@@ -66,6 +70,7 @@ impl IdentityHeaders {
             client_id,
             issuer,
             client_cert,
+            client_cert_subject,
             strip,
             forward_authorization: conf.forward_authorization,
         })
@@ -95,12 +100,12 @@ impl IdentityHeaders {
     }
 
     /// Prepares an upstream request: removes every client-sent identity header, then sets the
-    /// verified ones, if any, and the verified client certificate's SHA-256.
+    /// verified ones, if any, and the verified client certificate's SHA-256 and subject.
     pub fn apply(
         &self,
         req: &mut RequestHeader,
         identity: Option<&IdentityValues>,
-        client_cert_sha256: Option<&[u8]>,
+        client_cert: Option<&ClientCert>,
     ) -> pingora_core::Result<()> {
         for name in &self.strip {
             req.remove_header(name);
@@ -111,9 +116,18 @@ impl IdentityHeaders {
         for (name, value) in identity.map(|i| i.0.as_slice()).unwrap_or_default() {
             req.insert_header(name.clone(), value.clone())?;
         }
-        if let (Some(name), Some(digest)) = (&self.client_cert, client_cert_sha256) {
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let Some(cert) = client_cert else {
+            return Ok(());
+        };
+        if let Some(name) = &self.client_cert {
+            let hex: String = cert.sha256.iter().map(|b| format!("{b:02x}")).collect();
             req.insert_header(name.clone(), hex)?;
+        }
+        if let (Some(name), Some(subject)) = (&self.client_cert_subject, &cert.subject) {
+            // Control characters were escaped when the subject was recorded.
+            if let Ok(value) = HeaderValue::from_bytes(subject.as_bytes()) {
+                req.insert_header(name.clone(), value)?;
+            }
         }
         Ok(())
     }

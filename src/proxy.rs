@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::header::HOST;
@@ -20,6 +21,7 @@ use crate::request_id;
 use crate::respond::{Rejection, Reply};
 use crate::route;
 use crate::snapshot::{Action, SharedSnapshot, Snapshot};
+use crate::tls::{self, ClientCert};
 use crate::upstream::UpstreamId;
 
 pub struct Gateway {
@@ -36,8 +38,8 @@ impl Gateway {
 #[derive(Debug, Clone, Default)]
 struct Downstream {
     ip: Option<IpAddr>,
-    /// SHA-256 of the client certificate verified on this TLS connection.
-    cert_sha256: Option<Vec<u8>>,
+    /// The client certificate verified on this TLS connection.
+    cert: Option<ClientCert>,
 }
 
 impl Downstream {
@@ -46,12 +48,15 @@ impl Downstream {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let cert_sha256 = session
+        let cert = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .map(|d| d.cert_digest.clone())
-            .filter(|d| !d.is_empty());
-        Self { ip, cert_sha256 }
+            .filter(|d| !d.cert_digest.is_empty())
+            .map(|d| ClientCert {
+                sha256: d.cert_digest.clone(),
+                subject: tls::recorded_subject(d),
+            });
+        Self { ip, cert }
     }
 }
 
@@ -73,6 +78,8 @@ pub struct RequestCtx {
     /// The consumer, for upstreams that pick targets by consistent hashing.
     affinity: Option<String>,
     request_id: http::HeaderValue,
+    /// When the exchange with the upstream must be over (its `timeout`).
+    deadline: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -143,7 +150,7 @@ async fn admit<'s>(
                 .authenticate(
                     token,
                     route.issuers.as_deref(),
-                    ctx.downstream.cert_sha256.as_deref(),
+                    ctx.downstream.cert.as_ref().map(|c| c.sha256.as_slice()),
                 )
                 .await;
             Some(principal.map_err(Rejection::Unauthorized)?)
@@ -217,6 +224,7 @@ impl ProxyHttp for Gateway {
             target: None,
             affinity: None,
             request_id: http::HeaderValue::from_static("-"),
+            deadline: None,
         }
     }
 
@@ -259,12 +267,23 @@ impl ProxyHttp for Gateway {
             )
         })?;
         let upstream = &ctx.snapshot.upstreams[id];
+        let now = Instant::now();
+        if ctx.deadline.is_none() {
+            ctx.deadline = upstream.timeout.map(|t| now + t);
+        }
+        let time_left = ctx.deadline.map(|d| d.saturating_duration_since(now));
+        if time_left.is_some_and(|t| t.is_zero()) {
+            return Err(Error::explain(
+                ErrorType::ConnectTimedout,
+                "the upstream timeout passed before a connection was made",
+            ));
+        }
         // Every target down or ejected: answer 503 now rather than wait on a dead one.
         let target = upstream
             .pick(ctx.affinity.as_deref().map(str::as_bytes))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no target is available"))?;
         ctx.target = Some(target);
-        Ok(Box::new(upstream.peer(target)))
+        Ok(Box::new(upstream.peer(target, time_left)))
     }
 
     async fn upstream_request_filter(
@@ -276,7 +295,7 @@ impl ProxyHttp for Gateway {
         ctx.snapshot.identity.apply(
             upstream_request,
             ctx.identity.as_ref(),
-            ctx.downstream.cert_sha256.as_deref(),
+            ctx.downstream.cert.as_ref(),
         )?;
         upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
         if let Some(path) = ctx.normalized_path.take() {
@@ -365,7 +384,29 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header(name, value)?;
         }
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A WebSocket lives as long as its token allows, not as long as one exchange.
+            ctx.deadline = None;
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // Each read is bounded by the time left when the attempt started; this catches a
+        // response that keeps trickling in past the deadline.
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the upstream timeout passed during the response",
+            ));
+        }
+        Ok(None)
     }
 }
 

@@ -230,14 +230,142 @@ impl EdgeTls {
 
     /// Listener settings: TLS 1.2 and 1.3, certificates by SNI, client certificates if asked.
     pub fn settings(&self) -> pingora_core::Result<TlsSettings> {
-        let mut settings = TlsSettings::intermediate("", "")?;
+        let mut settings = match &self.client_verifier {
+            Some(verifier) => {
+                let mut s = TlsSettings::with_callbacks(Box::new(SubjectRecorder))?;
+                s.set_client_cert_verifier(verifier.clone());
+                s
+            }
+            None => TlsSettings::intermediate("", "")?,
+        };
         settings.set_cert_resolver(self.resolver.clone());
-        if let Some(verifier) = &self.client_verifier {
-            settings.set_client_cert_verifier(verifier.clone());
-        }
         if self.http2 {
             settings.enable_h2();
         }
         Ok(settings)
+    }
+}
+
+/// The verified client certificate of a downstream TLS connection, as the HTTP layer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// SHA-256 of the leaf certificate (DER), as RFC 8705 `x5t#S256` binds it.
+    pub sha256: Vec<u8>,
+    /// The leaf's subject as an RFC 4514 string, e.g. `CN=agent-7,O=Example`.
+    pub subject: Option<Arc<str>>,
+}
+
+/// Records the client certificate's subject once per connection, at the end of the handshake,
+/// so requests on that connection read it without parsing the certificate again.
+struct SubjectRecorder;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for SubjectRecorder {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let der = tls.peer_certificate_der()?;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let subject: Arc<str> = rfc4514(cert.subject()).into();
+        Some(Arc::new(subject))
+    }
+}
+
+/// The subject read by [`SubjectRecorder`] from a connection's TLS digest.
+pub fn recorded_subject(digest: &pingora_core::protocols::tls::SslDigest) -> Option<Arc<str>> {
+    digest.extension.get::<Arc<str>>().cloned()
+}
+
+/// RFC 4514: RDNs last-to-first, separated by commas, with the special characters escaped.
+/// Characters that cannot go in a header (controls) are hex-escaped, as RFC 4514 allows.
+fn rfc4514(name: &x509_parser::x509::X509Name) -> String {
+    use x509_parser::oid_registry as oids;
+    // The names RFC 4514 section 3 defines; any other attribute is written as its OID.
+    let names = [
+        (oids::OID_X509_COMMON_NAME, "CN"),
+        (oids::OID_X509_LOCALITY_NAME, "L"),
+        (oids::OID_X509_STATE_OR_PROVINCE_NAME, "ST"),
+        (oids::OID_X509_ORGANIZATION_NAME, "O"),
+        (oids::OID_X509_ORGANIZATIONAL_UNIT, "OU"),
+        (oids::OID_X509_COUNTRY_NAME, "C"),
+        (oids::OID_X509_STREET_ADDRESS, "STREET"),
+        (oids::OID_DOMAIN_COMPONENT, "DC"),
+    ];
+    let mut out = String::new();
+    for (i, rdn) in name
+        .iter()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type();
+            match names.iter().find(|(known, _)| known == oid) {
+                Some((_, short)) => out.push_str(short),
+                None => out.push_str(&oid.to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_value(value, &mut out),
+                Err(_) => {
+                    out.push('#');
+                    for b in attr.attr_value().as_bytes() {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_value(value: &str, out: &mut String) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(value: &str) -> String {
+        let mut out = String::new();
+        escape_value(value, &mut out);
+        out
+    }
+
+    #[test]
+    fn attribute_values_are_escaped_as_rfc4514_says() {
+        assert_eq!(escaped("agent-7"), "agent-7");
+        assert_eq!(escaped("Acme, Inc."), "Acme\\, Inc.");
+        assert_eq!(escaped("a+b=c;d"), "a\\+b=c\\;d");
+        assert_eq!(escaped("#1 "), "\\#1\\ ");
+        assert_eq!(escaped(" x"), "\\ x");
+        assert_eq!(escaped("x\ny"), "x\\0ay");
+        assert_eq!(escaped("José"), "José");
     }
 }

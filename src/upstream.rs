@@ -39,6 +39,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     read_timeout: Duration,
     write_timeout: Duration,
+    /// The whole exchange, retries included.
+    pub timeout: Option<Duration>,
     /// Connection attempts after the first that may go to another target.
     pub retries: usize,
     tls: Option<UpstreamTls>,
@@ -180,6 +182,7 @@ impl Upstream {
             connect_timeout: conf.connect_timeout,
             read_timeout: conf.read_timeout,
             write_timeout: conf.write_timeout,
+            timeout: conf.timeout,
             retries: conf.retries,
             tls,
             ejected_until: conf.targets.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -278,8 +281,9 @@ impl Upstream {
         }
     }
 
-    /// The peer for one connection attempt to `target` (from [`Upstream::pick`]).
-    pub fn peer(&self, target: usize) -> HttpPeer {
+    /// The peer for one connection attempt to `target` (from [`Upstream::pick`]); no wait may
+    /// outlast `time_left` of the exchange's deadline.
+    pub fn peer(&self, target: usize, time_left: Option<Duration>) -> HttpPeer {
         let addr = self.targets[target % self.targets.len()];
         let mut peer = match &self.tls {
             None => HttpPeer::new(addr, false, String::new()),
@@ -292,9 +296,11 @@ impl Upstream {
                 peer
             }
         };
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.read_timeout);
-        peer.options.write_timeout = Some(self.write_timeout);
+        let cap = |t: Duration| time_left.map_or(t, |left| t.min(left));
+        peer.options.connection_timeout = Some(cap(self.connect_timeout));
+        peer.options.total_connection_timeout = time_left;
+        peer.options.read_timeout = Some(cap(self.read_timeout));
+        peer.options.write_timeout = Some(cap(self.write_timeout));
         peer
     }
 }

@@ -194,6 +194,7 @@ upstream = "backend"
         .get(&url)
         .bearer_auth(&bound)
         .header("x-client-cert-sha256", "forged")
+        .header("x-client-cert-subject", "CN=admin")
         .send()
         .await
         .unwrap();
@@ -208,6 +209,11 @@ upstream = "backend"
         seen["headers"]["x-client-cert-sha256"],
         serde_json::json!([hex]),
         "the verified fingerprint replaces the client's"
+    );
+    assert_eq!(
+        seen["headers"]["x-client-cert-subject"],
+        serde_json::json!(["CN=reports-job,O=Acme\\, Inc."]),
+        "the verified subject, RFC 4514, replaces the client's"
     );
 
     for (who, client) in [
@@ -232,10 +238,16 @@ upstream = "backend"
         .client(None)
         .get(&url)
         .bearer_auth(&plain)
+        .header("x-client-cert-subject", "CN=admin")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        seen["headers"].get("x-client-cert-subject").is_none(),
+        "a client without a certificate cannot claim a subject: {seen}"
+    );
 }
 
 #[tokio::test]

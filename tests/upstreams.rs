@@ -20,6 +20,27 @@ async fn upstream_failures_are_json_and_connection_failures_are_retried() {
             held.push(conn);
         }
     });
+    // Answers at once, then sends its 30-byte body a byte every 100 ms: no single read
+    // waits long, the whole takes 3 s.
+    let trickle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickle_port = trickle.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in trickle.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 30\r\n\r\n");
+                for _ in 0..30 {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if conn.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
     let gw = Gateway::start(&format!(
         r#"
 [upstreams.down]
@@ -38,6 +59,16 @@ passive_ejection = "1s"
 [upstreams.slow]
 targets = ["127.0.0.1:{silent_port}"]
 read_timeout = "300ms"
+
+[upstreams.bounded]
+targets = ["127.0.0.1:{silent_port}"]
+read_timeout = "10s"
+timeout = "400ms"
+
+[upstreams.trickle]
+targets = ["127.0.0.1:{trickle_port}"]
+read_timeout = "1s"
+timeout = "600ms"
 
 [[routes]]
 path = "/down"
@@ -58,6 +89,16 @@ upstream = "eject"
 path = "/slow"
 access = "public"
 upstream = "slow"
+
+[[routes]]
+path = "/bounded"
+access = "public"
+upstream = "bounded"
+
+[[routes]]
+path = "/trickle"
+access = "public"
+upstream = "trickle"
 "#,
         echo = echo.port
     ));
@@ -110,6 +151,30 @@ upstream = "slow"
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "gateway_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The upstream's `timeout` bounds the exchange even where read_timeout would wait longer.
+    let started = std::time::Instant::now();
+    let r = get(&gw.url("/bounded"), None).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "gateway_timeout");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_millis(1_500),
+        "{took:?}"
+    );
+
+    // A response that started in time is cut when the deadline passes mid-body.
+    let started = std::time::Instant::now();
+    let cut = reqwest::Client::new()
+        .get(gw.url("/trickle"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cut.status(), 200);
+    let body = cut.bytes().await;
+    let took = started.elapsed();
+    assert!(body.is_err(), "the body must be cut short: {body:?}");
+    assert!(took < Duration::from_millis(2_000), "{took:?}");
 }
 
 #[tokio::test]

@@ -435,7 +435,7 @@ pub async fn metric(admin_port: u16, sample: &str) -> f64 {
 ///
 /// * `server`: localhost, api.test, 127.0.0.1 (by `ca`)
 /// * `other-name`: other.test (by `ca`)
-/// * `client`, `gateway`: client certificates (by `ca`)
+/// * `client` (`CN=reports-job,O=Acme\, Inc.`), `gateway`: client certificates (by `ca`)
 /// * `rogue-server`: localhost, 127.0.0.1 (by `other-ca`)
 /// * `rogue-client`: a client certificate (by `other-ca`)
 pub struct Pki {
@@ -459,7 +459,7 @@ impl Pki {
             "other.test",
             "subjectAltName=DNS:other.test\nextendedKeyUsage=serverAuth",
         );
-        pki.leaf("client", "ca", "reports-job", client);
+        pki.leaf("client", "ca", "/O=Acme, Inc./CN=reports-job", client);
         pki.leaf("gateway", "ca", "portcullis", client);
         pki.leaf("rogue-server", "other-ca", "localhost", server);
         pki.leaf("rogue-client", "other-ca", "reports-job", client);
@@ -504,7 +504,13 @@ impl Pki {
         ]);
     }
 
+    /// `cn` is a common name, or a whole `-subj` when it starts with `/`.
     fn leaf(&self, name: &str, ca: &str, cn: &str, extensions: &str) {
+        let subject = if cn.starts_with('/') {
+            cn.to_string()
+        } else {
+            format!("/CN={cn}")
+        };
         let ext = format!("{name}.ext");
         std::fs::write(
             self.dir.path().join(&ext),
@@ -523,7 +529,7 @@ impl Pki {
             "-out",
             &format!("{name}.csr"),
             "-subj",
-            &format!("/CN={cn}"),
+            &subject,
         ]);
         self.openssl(&[
             "x509",
