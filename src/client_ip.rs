@@ -15,7 +15,7 @@ pub struct ClientIpResolver {
 }
 
 /// Used when the peer has no IP address (a Unix socket): all such callers share one key.
-const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+pub const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 impl ClientIpResolver {
     pub fn compile(conf: &ClientIpConf) -> Result<Self, String> {

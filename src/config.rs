@@ -37,17 +37,42 @@ pub struct Config {
     /// `[rate_limit]`: consumer tiers and their limits.
     #[serde(default)]
     pub rate_limit: RateLimitConf,
-    /// `[admin]`: the operator listener (metrics).
+    /// `[admin]`: the operator listener (metrics, health probes).
     #[serde(default)]
     pub admin: AdminConf,
+    /// `[logging]`: the access log and the audit log.
+    #[serde(default)]
+    pub logging: LoggingConf,
+}
+
+/// `[logging]`: where the JSON-lines logs go: `"stdout"`, `"stderr"`, `"off"`, or a file path
+/// (appended to, reopened on SIGHUP for log rotation). Operational messages always go to
+/// stderr, filtered by `RUST_LOG`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConf {
+    /// One line per request: time, request id, client, route, status, timings. Default: stdout.
+    pub access_log: String,
+    /// One line per authentication or authorization decision: every refusal, and every
+    /// admission on an authenticated route. Default: stdout.
+    pub audit_log: String,
+}
+
+impl Default for LoggingConf {
+    fn default() -> Self {
+        Self {
+            access_log: "stdout".into(),
+            audit_log: "stdout".into(),
+        }
+    }
 }
 
 /// `[admin]`: a listener for operators, never for clients. Read at start only.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
-    /// Address serving `GET /metrics` (Prometheus text format), e.g. `127.0.0.1:9091`.
-    /// Default: none.
+    /// Address serving `GET /metrics` (Prometheus text format), `GET /healthz` and
+    /// `GET /readyz`, e.g. `127.0.0.1:9091`. Default: none.
     pub listen: Option<String>,
 }
 
@@ -224,7 +249,12 @@ pub struct ServerConf {
     /// Worker threads for the proxy service. Default: 1.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// How long in-flight requests may run after SIGTERM before the process exits. Default: 10s.
+    /// After SIGTERM, how long `/readyz` fails while the gateway still serves, so load
+    /// balancers stop sending new connections before the listeners close. Default: 5s.
+    #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Once the listeners close, how long in-flight requests (and WebSockets) may run before
+    /// the process exits; it exits as soon as none is left. Default: 30s.
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub grace_period: Duration,
     /// PID file, used by the binary upgrade (`-u`). Default: `/tmp/portcullis.pid`.
@@ -283,7 +313,10 @@ fn default_threads() -> usize {
     1
 }
 fn default_grace_period() -> Duration {
-    Duration::from_secs(10)
+    Duration::from_secs(30)
+}
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_pid_file() -> String {
     "/tmp/portcullis.pid".into()
@@ -761,6 +794,12 @@ pub enum ConfigError {
         column: usize,
         message: String,
         excerpt: String,
+    },
+    #[error("{path}: logging.{log}_log: cannot open: {source}")]
+    Log {
+        path: String,
+        log: &'static str,
+        source: std::io::Error,
     },
 }
 

@@ -11,6 +11,8 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod key_refresh;
+pub mod lifecycle;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;

@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use pingora_core::services::listening::Service;
 use portcullis::admin::Admin;
 use portcullis::health::HealthChecker;
 use portcullis::key_refresh::KeyRefresher;
+use portcullis::lifecycle::{Exit, Lifecycle, Ready, Signals};
+use portcullis::metrics;
 use portcullis::proxy::Gateway;
 use portcullis::reload::{catch_sighup, Reloader};
 use portcullis::snapshot::Snapshot;
@@ -120,7 +123,9 @@ fn main() -> ExitCode {
         Ok(flag) => flag,
         Err(e) => return fail(format!("cannot install the SIGHUP handler: {e}")),
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
@@ -193,12 +198,19 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     let Some(path) = args.conf else {
         return fail("run needs -c FILE".into());
     };
-    let snapshot = match Snapshot::load(&path, None) {
+    let snapshot = match Snapshot::load(&path, None).and_then(|mut s| {
+        s.open_logs(None)?;
+        Ok(s)
+    }) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
     let settings = snapshot.server.clone();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    metrics::GENERATION.store(1, Ordering::Relaxed);
+    metrics::config_loaded();
+    metrics::watch_config(shared.clone());
+    let lifecycle = Arc::new(Lifecycle::default());
 
     let conf = ServerConf {
         threads: settings.threads,
@@ -241,19 +253,34 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         "health checks",
         HealthChecker::new(shared.clone()),
     ));
+    let mut listeners = settings.listen.clone();
+    listeners.extend(&settings.tls_listen);
     if let Some(addr) = settings.admin_listen {
-        let mut admin = Service::new("admin".into(), Admin);
+        let mut admin = Service::new(
+            "admin".into(),
+            Admin::new(shared.clone(), lifecycle.clone()),
+        );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
+        listeners.push(addr);
     }
     server.add_service(background_service(
         "reload",
-        Reloader::new(path.clone(), shared, hangup),
+        Reloader::new(path.clone(), shared.clone(), hangup),
     ));
+    server.add_service(background_service("ready", Ready::new(listeners)));
+    server.add_service(background_service("exit", Exit::new(shared.clone())));
     log::info!(
         "portcullis {} serving {}",
         env!("CARGO_PKG_VERSION"),
         path.display()
     );
-    server.run_forever()
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            lifecycle,
+            drain_delay: settings.drain_delay,
+        }),
+    });
+    shared.load().logs.flush();
+    ExitCode::SUCCESS
 }

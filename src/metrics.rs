@@ -1,18 +1,103 @@
 //! Prometheus metrics, served on the admin listener.
+//!
+//! Request-path metrics are counted as they happen. What describes the running config (keys
+//! per issuer, target health, the config generation) is read from the current snapshot when
+//! the metrics are scraped, so nothing on the request path maintains it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use once_cell::sync::Lazy;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::snapshot::SharedSnapshot;
 
 static REGISTRY: Lazy<Registry> =
     Lazy::new(|| Registry::new_custom(Some("portcullis".into()), None).unwrap_or_default());
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+fn register<C: Collector + Clone + 'static>(metric: C) -> C {
     // Registration fails only for duplicate names, which the statics below rule out.
-    let _ = REGISTRY.register(Box::new(vec.clone()));
-    vec
+    let _ = REGISTRY.register(Box::new(metric.clone()));
+    metric
 }
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
+/// Request latency buckets, 250 µs to 10 s.
+const LATENCY: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// The gateway's own share of a request: 10 µs to 50 ms.
+const OVERHEAD: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+];
+
+static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "requests_total",
+        "Requests by route, method and status (route \"\" when no route matched).",
+        &["route", "method", "status"],
+    )
+});
+
+static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "request_duration_seconds",
+        "From the request's headers being read to the last byte of the response, by route.",
+        &["route"],
+        LATENCY,
+    )
+});
+
+static GATEWAY_OVERHEAD: Lazy<Histogram> = Lazy::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_overhead_seconds",
+                "The gateway's own work on a request: routing, authentication, authorization \
+                 and rate limiting, up to the choice of upstream or the gateway's own answer.",
+            )
+            .buckets(OVERHEAD.to_vec()),
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static AUTHENTICATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "authentications_total",
+        "Token checks on authenticated routes: ok, or why the token was refused.",
+        &["outcome"],
+    )
+});
+
+static AUTHORIZATION_DENIALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "authorization_denials_total",
+        "Authenticated requests refused by a route's policy (403), by route and reason.",
+        &["route", "reason"],
+    )
+});
 
 static RATE_LIMIT_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
@@ -31,13 +116,13 @@ static RATE_LIMIT_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 static REDIS_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
-    let c = IntCounter::new(
-        "rate_limit_redis_errors_total",
-        "Failed Redis round trips (timeouts, lost connections, errors).",
+    register(
+        IntCounter::new(
+            "rate_limit_redis_errors_total",
+            "Failed Redis round trips (timeouts, lost connections, errors).",
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
     )
-    .unwrap_or_else(|e| panic!("metric is malformed: {e}"));
-    let _ = REGISTRY.register(Box::new(c.clone()));
-    c
 });
 
 static RATE_LIMIT_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -47,6 +132,106 @@ static RATE_LIMIT_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["table"],
     )
 });
+
+static WEBSOCKETS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
+    register(
+        IntGauge::new(
+            "websockets_open",
+            "Upgraded (WebSocket) connections open now.",
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
+    register(
+        IntGauge::new(
+            "requests_in_flight",
+            "Requests being served now, open WebSockets included.",
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "config_reloads_total",
+        "Reloads by outcome: applied, or rejected (the running config was kept).",
+        &["outcome"],
+    )
+});
+
+static RELOAD_DURATION: Lazy<Histogram> = Lazy::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "config_reload_duration_seconds",
+                "From SIGHUP to the new config being in use (or refused).",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static LAST_RELOAD: Lazy<Gauge> = Lazy::new(|| {
+    register(
+        Gauge::new(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (Unix time).",
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static LOG_DROPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "log_lines_dropped_total",
+        "Access or audit lines dropped because the log writer fell behind.",
+        &["log"],
+    )
+});
+
+/// Labels that keep cardinality bounded: the method is one of the standard ones or "OTHER".
+fn method_label(method: &http::Method) -> &str {
+    match *method {
+        http::Method::GET
+        | http::Method::HEAD
+        | http::Method::POST
+        | http::Method::PUT
+        | http::Method::PATCH
+        | http::Method::DELETE
+        | http::Method::OPTIONS
+        | http::Method::CONNECT
+        | http::Method::TRACE => method.as_str(),
+        _ => "OTHER",
+    }
+}
+
+/// A finished request.
+pub fn request(route: &str, method: &http::Method, status: u16, total: Duration) {
+    let mut code = itoa::Buffer::new();
+    REQUESTS
+        .with_label_values(&[route, method_label(method), code.format(status)])
+        .inc();
+    REQUEST_DURATION
+        .with_label_values(&[route])
+        .observe(total.as_secs_f64());
+}
+
+pub fn gateway_overhead(d: Duration) {
+    GATEWAY_OVERHEAD.observe(d.as_secs_f64());
+}
+
+pub fn authentication(outcome: &str) {
+    AUTHENTICATIONS.with_label_values(&[outcome]).inc();
+}
+
+pub fn authorization_denied(route: &str, reason: &str) {
+    AUTHORIZATION_DENIALS
+        .with_label_values(&[route, reason])
+        .inc();
+}
 
 pub fn rate_limit_decisions(tier: &str, outcome: &str) -> IntCounter {
     RATE_LIMIT_DECISIONS.with_label_values(&[tier, outcome])
@@ -62,6 +247,181 @@ pub fn redis_errors() -> &'static IntCounter {
 
 pub fn rate_limit_evictions(table: &str) -> IntCounter {
     RATE_LIMIT_EVICTIONS.with_label_values(&[table])
+}
+
+pub fn websockets_open() -> &'static IntGauge {
+    &WEBSOCKETS_OPEN
+}
+
+pub fn in_flight() -> &'static IntGauge {
+    &IN_FLIGHT
+}
+
+pub fn reload(applied: bool, took: Duration) {
+    let outcome = if applied { "applied" } else { "rejected" };
+    RELOADS.with_label_values(&[outcome]).inc();
+    RELOAD_DURATION.observe(took.as_secs_f64());
+    if applied {
+        LAST_RELOAD.set(unix_now());
+    }
+}
+
+/// The first config counts as loaded at start.
+pub fn config_loaded() {
+    LAST_RELOAD.set(unix_now());
+}
+
+pub fn log_line_dropped(log: &str) {
+    LOG_DROPS.with_label_values(&[log]).inc();
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Seconds since the Unix epoch, in milliseconds, for "when did this last happen" metrics.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Config generation: 1 at start, one more per applied reload.
+pub static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Metrics read from the running config at scrape time.
+struct SnapshotCollector {
+    config: SharedSnapshot,
+    generation: IntGauge,
+    key_fetches: IntCounterVec,
+    key_age: GaugeVec,
+    keys: IntGaugeVec,
+    target_up: IntGaugeVec,
+    descs: Vec<Desc>,
+}
+
+impl SnapshotCollector {
+    fn new(config: SharedSnapshot) -> prometheus::Result<Self> {
+        let generation = IntGauge::new(
+            "config_generation",
+            "The running config: 1 at start, one more per applied reload.",
+        )?;
+        let key_fetches = IntCounterVec::new(
+            Opts::new(
+                "jwks_fetches_total",
+                "Key set (JWKS) fetches by issuer and outcome (ok, failed).",
+            ),
+            &["issuer", "outcome"],
+        )?;
+        let key_age = GaugeVec::new(
+            Opts::new(
+                "jwks_key_age_seconds",
+                "Seconds since the issuer's keys were last loaded (absent until they are).",
+            ),
+            &["issuer"],
+        )?;
+        let keys = IntGaugeVec::new(
+            Opts::new("jwks_keys", "Keys held for the issuer."),
+            &["issuer"],
+        )?;
+        let target_up = IntGaugeVec::new(
+            Opts::new(
+                "upstream_target_up",
+                "1 if the target takes traffic (health checks and ejection), else 0.",
+            ),
+            &["upstream", "target"],
+        )?;
+        let descs = [
+            generation.desc(),
+            key_fetches.desc(),
+            key_age.desc(),
+            keys.desc(),
+            target_up.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        Ok(Self {
+            config,
+            generation,
+            key_fetches,
+            key_age,
+            keys,
+            target_up,
+            descs,
+        })
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.config.load();
+        self.generation
+            .set(i64::try_from(GENERATION.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        self.key_fetches.reset();
+        self.key_age.reset();
+        self.keys.reset();
+        self.target_up.reset();
+        let now = unix_millis();
+        for issuer in snap.authenticator.issuers() {
+            let name = &*issuer.name;
+            let stats = &issuer.keys.stats;
+            let fetches = stats.fetches.load(Ordering::Relaxed);
+            let failed = stats.fetch_failures.load(Ordering::Relaxed);
+            self.key_fetches
+                .with_label_values(&[name, "ok"])
+                .inc_by(fetches.saturating_sub(failed));
+            self.key_fetches
+                .with_label_values(&[name, "failed"])
+                .inc_by(failed);
+            let loaded = stats.loaded_at_unix_ms.load(Ordering::Relaxed);
+            if loaded > 0 {
+                self.key_age
+                    .with_label_values(&[name])
+                    .set(now.saturating_sub(loaded) as f64 / 1000.0);
+            }
+            let held = issuer.keys.current().map_or(0, |k| k.len());
+            self.keys
+                .with_label_values(&[name])
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+        for upstream in &snap.upstreams {
+            for (i, target) in upstream.targets().iter().enumerate() {
+                self.target_up
+                    .with_label_values(&[&*upstream.name, &target.to_string()])
+                    .set(i64::from(upstream.available(i)));
+            }
+        }
+        [
+            self.generation.collect(),
+            self.key_fetches.collect(),
+            self.key_age.collect(),
+            self.keys.collect(),
+            self.target_up.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// Adds the metrics read from the running config. Called once, at start.
+pub fn watch_config(config: SharedSnapshot) {
+    match SnapshotCollector::new(config) {
+        Ok(c) => {
+            if let Err(e) = REGISTRY.register(Box::new(c)) {
+                log::error!("config metrics are off: {e}");
+            }
+        }
+        Err(e) => log::error!("config metrics are off: {e}"),
+    }
 }
 
 /// Everything, in the Prometheus text format.

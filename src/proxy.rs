@@ -12,15 +12,20 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use prometheus::IntGauge;
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
+use crate::authorize::Granted;
+use crate::client_ip;
 use crate::config::Access;
 use crate::identity::IdentityValues;
+use crate::logs::{self, AccessRecord, AuditRecord};
+use crate::metrics;
 use crate::rate_limit::{Caller, Verdict};
 use crate::request_id;
 use crate::respond::{Rejection, Reply};
 use crate::route;
-use crate::snapshot::{Action, SharedSnapshot, Snapshot};
+use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
 use crate::tls::{self, ClientCert};
 use crate::upstream::UpstreamId;
 
@@ -80,9 +85,45 @@ pub struct RequestCtx {
     request_id: http::HeaderValue,
     /// When the exchange with the upstream must be over (its `timeout`).
     deadline: Option<Instant>,
+    /// When the request's headers had been read.
+    started: Instant,
+    /// Position of the matched route in the snapshot's router.
+    route: Option<usize>,
+    /// The verified caller, for the logs.
+    principal: Option<Principal>,
+    /// The bearer token's fingerprint, when the audit log is on.
+    token_id: Option<String>,
+    /// The rule that admitted the request.
+    granted: Option<Granted>,
+    client_ip: IpAddr,
+    _in_flight: Held,
+    /// Set while the connection is an open WebSocket.
+    websocket: Option<Held>,
+}
+
+/// One unit of a gauge, given back when dropped: counts stay right however a request ends.
+struct Held(&'static IntGauge);
+
+impl Held {
+    fn new(gauge: &'static IntGauge) -> Self {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl RequestCtx {
+    fn route_name(&self) -> Option<&str> {
+        self.route
+            .and_then(|i| self.snapshot.router.routes().get(i))
+            .map(|r| &*r.name)
+    }
+
     fn quota_headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
         match &self.quota {
             Some(v) => self.snapshot.rate_limiter.headers(v),
@@ -97,25 +138,52 @@ enum Admitted<'s> {
     Respond(&'s Reply),
 }
 
-/// One line per denial, for operators; the token itself is never logged.
-fn log_denial(req: &RequestHeader, ctx: &RequestCtx, rejection: &Rejection) {
+/// The audit line of a decision: every refusal, and every admission of an authenticated
+/// request. The token itself is never written.
+fn audit(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Rejection>) {
     let snap = &ctx.snapshot;
-    let reason = match rejection {
-        Rejection::BadPath(e) => e.to_string(),
-        Rejection::NotFound => "no route".into(),
-        Rejection::Unauthorized(e) => e.reason().into(),
-        Rejection::Forbidden(e) => e.reason().into(),
-        Rejection::Limited(v) => format!("rate_limited tier={}", snap.rate_limiter.tier_name(v)),
-        Rejection::LimiterUnavailable(_) => "rate_limit_store_unavailable".into(),
+    let Some(log) = &snap.logs.audit else {
+        return;
     };
-    log::info!(
-        target: "portcullis::audit",
-        "deny status={} method={} path={} request_id={} reason={reason}",
-        rejection.status(),
-        req.method,
-        req.uri.path(),
-        ctx.request_id.to_str().unwrap_or("-")
-    );
+    let (decision, status, reason) = match rejection {
+        None if ctx.principal.is_none() => return,
+        None => ("allow", None, Cow::Borrowed("ok")),
+        Some(r) => {
+            let reason = match r {
+                Rejection::BadPath(e) => Cow::Owned(e.to_string()),
+                Rejection::NotFound => Cow::Borrowed("no_route"),
+                Rejection::Unauthorized(e) => Cow::Borrowed(e.reason()),
+                Rejection::Forbidden(e) => Cow::Borrowed(e.reason()),
+                Rejection::Limited(v) => {
+                    Cow::Owned(format!("rate_limited:{}", snap.rate_limiter.tier_name(v)))
+                }
+                Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
+            };
+            ("deny", Some(r.status()), reason)
+        }
+    };
+    let p = ctx.principal.as_ref();
+    log.record(&AuditRecord {
+        time: logs::now(),
+        log: "audit",
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        route: ctx.route_name(),
+        decision,
+        status,
+        reason,
+        rule: ctx.granted.map(|g| match g {
+            Granted::AnyPrincipal => "authenticated".to_string(),
+            Granted::Rule(i) => format!("allow[{i}]"),
+        }),
+        issuer: p.map(|p| &*p.issuer),
+        subject: p.map(|p| p.subject.as_str()),
+        client_id: p.and_then(|p| p.client_id.as_deref()),
+        tenant: p.and_then(|p| p.tenant.as_deref()),
+        token: ctx.token_id.clone(),
+    });
 }
 
 /// Route, authenticate, authorize and rate-limit a request. Reads top to bottom as the
@@ -132,10 +200,12 @@ async fn admit<'s>(
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .or(req.uri.host());
-    let route = snap
+    let index = snap
         .router
-        .find(host, &path, &req.method)
+        .find_index(host, &path, &req.method)
         .ok_or(Rejection::NotFound)?;
+    ctx.route = Some(index);
+    let route = &snap.router.routes()[index];
     if let Cow::Owned(normalized) = path {
         ctx.normalized_path = Some(normalized);
     }
@@ -144,7 +214,11 @@ async fn admit<'s>(
     let principal: Option<Principal> = match route.access {
         Access::Public => None,
         Access::Authenticated => {
-            let token = bearer_token(req).map_err(Rejection::Unauthorized)?;
+            let token = bearer_token(req).inspect_err(|e| metrics::authentication(e.reason()));
+            let token = token.map_err(Rejection::Unauthorized)?;
+            if snap.logs.audit.is_some() {
+                ctx.token_id = Some(logs::token_fingerprint(token));
+            }
             let principal = snap
                 .authenticator
                 .authenticate(
@@ -153,17 +227,32 @@ async fn admit<'s>(
                     ctx.downstream.cert.as_ref().map(|c| c.sha256.as_slice()),
                 )
                 .await;
+            metrics::authentication(principal.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
             Some(principal.map_err(Rejection::Unauthorized)?)
         }
     };
 
+    let outcome = admit_caller(req, snap, route, principal.as_ref(), ctx).await;
+    ctx.principal = principal;
+    outcome
+}
+
+/// Steps 3 to 5 of [`admit`], for a caller authenticated (or not) on its route.
+async fn admit_caller<'s>(
+    req: &RequestHeader,
+    snap: &'s Snapshot,
+    route: &'s Route,
+    principal: Option<&Principal>,
+    ctx: &mut RequestCtx,
+) -> Result<Admitted<'s>, Rejection> {
     // 3. Authorize.
-    let identity = match &principal {
+    let identity = match principal {
         Some(p) => {
-            route
-                .policy
-                .authorize(&req.method, p)
-                .map_err(Rejection::Forbidden)?;
+            let granted = route.policy.authorize(&req.method, p).map_err(|e| {
+                metrics::authorization_denied(&route.name, e.reason());
+                Rejection::Forbidden(e)
+            });
+            ctx.granted = Some(granted?);
             let values = snap.identity.render(p).map_err(|_| {
                 Rejection::Unauthorized(AuthError::InvalidClaim(
                     "claim not representable in a header",
@@ -177,8 +266,8 @@ async fn admit<'s>(
     // 4. Rate-limit, per consumer of the caller's tier.
     if !snap.rate_limiter.is_empty() {
         let caller = Caller {
-            principal: principal.as_ref(),
-            ip: snap.client_ip.resolve(ctx.downstream.ip, req),
+            principal,
+            ip: ctx.client_ip,
         };
         let verdict = snap
             .rate_limiter
@@ -196,9 +285,9 @@ async fn admit<'s>(
     // 5. Hand over to the upstream, or answer directly.
     if let Action::Forward(id) = &route.action {
         if snap.upstreams[*id].hashes() {
-            ctx.affinity = Some(match &principal {
+            ctx.affinity = Some(match principal {
                 Some(p) => p.subject.clone(),
-                None => snap.client_ip.resolve(ctx.downstream.ip, req).to_string(),
+                None => ctx.client_ip.to_string(),
             });
         }
     }
@@ -225,6 +314,14 @@ impl ProxyHttp for Gateway {
             affinity: None,
             request_id: http::HeaderValue::from_static("-"),
             deadline: None,
+            started: Instant::now(),
+            route: None,
+            principal: None,
+            token_id: None,
+            granted: None,
+            client_ip: client_ip::UNKNOWN,
+            _in_flight: Held::new(metrics::in_flight()),
+            websocket: None,
         }
     }
 
@@ -232,7 +329,12 @@ impl ProxyHttp for Gateway {
         let snap = ctx.snapshot.clone();
         ctx.downstream = Downstream::of(session);
         ctx.request_id = request_id::of(session.req_header());
+        ctx.client_ip = snap
+            .client_ip
+            .resolve(ctx.downstream.ip, session.req_header());
         let outcome = admit(session.req_header(), &snap, ctx).await;
+        metrics::gateway_overhead(ctx.started.elapsed());
+        audit(session.req_header(), ctx, outcome.as_ref().err());
         let mut reply = match outcome {
             Ok(Admitted::Forward(upstream, identity)) => {
                 ctx.upstream = Some(upstream);
@@ -241,10 +343,7 @@ impl ProxyHttp for Gateway {
                 return Ok(false);
             }
             Ok(Admitted::Respond(reply)) => reply.clone(),
-            Err(rejection) => {
-                log_denial(session.req_header(), ctx, &rejection);
-                snap.responses.reply(rejection)
-            }
+            Err(rejection) => snap.responses.reply(rejection),
         };
         reply.headers.extend(ctx.quota_headers());
         reply.headers.push((
@@ -387,8 +486,48 @@ impl ProxyHttp for Gateway {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             // A WebSocket lives as long as its token allows, not as long as one exchange.
             ctx.deadline = None;
+            ctx.websocket = Some(Held::new(metrics::websockets_open()));
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let took = ctx.started.elapsed();
+        // Nobody was answered: the client left first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let req = session.req_header();
+        let route = ctx.route_name().unwrap_or("");
+        metrics::request(route, &req.method, status, took);
+        let Some(log) = &ctx.snapshot.logs.access else {
+            return;
+        };
+        let header =
+            |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        log.record(&AccessRecord {
+            time: logs::now(),
+            log: "access",
+            request_id: ctx.request_id.to_str().unwrap_or("-"),
+            client_ip: ctx.client_ip,
+            method: req.method.as_str(),
+            host: header(HOST).or(req.uri.host()).unwrap_or(""),
+            path: req.uri.path(),
+            status,
+            route: ctx.route_name(),
+            upstream: ctx
+                .upstream
+                .and_then(|id| ctx.snapshot.upstreams.get(id))
+                .map(|u| &*u.name),
+            target: ctx
+                .upstream
+                .zip(ctx.target)
+                .and_then(|(id, t)| ctx.snapshot.upstreams.get(id)?.targets().get(t).copied()),
+            subject: ctx.principal.as_ref().map(|p| p.subject.as_str()),
+            duration_ms: took.as_secs_f64() * 1000.0,
+            bytes_sent: session.body_bytes_sent(),
+            user_agent: header(http::header::USER_AGENT),
+        });
     }
 
     fn response_body_filter(

@@ -3,13 +3,18 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use sd_notify::NotifyState;
+
+use crate::lifecycle::notify;
+use crate::metrics;
+use crate::snapshot::{ServerSettings, SharedSnapshot, Snapshot};
 
 /// Installs a SIGHUP handler at once, before anything else starts: the default action of
 /// SIGHUP would end the process. Signals that arrive before the reloader runs are remembered.
@@ -35,27 +40,62 @@ impl Reloader {
     }
 
     /// Loads the file and swaps it in; a bad file leaves the running config untouched.
+    /// Requests already running keep the snapshot they started with.
     pub fn reload(&self) -> bool {
+        let started = Instant::now();
+        notify(&[NotifyState::Reloading]);
         let current = self.config.load_full();
-        match Snapshot::load(&self.path, Some(&current)) {
+        let loaded = Snapshot::load(&self.path, Some(&current)).and_then(|mut next| {
+            next.open_logs(Some(&current))?;
+            Ok(next)
+        });
+        let applied = match loaded {
             Ok(next) => {
-                if next.server.listen != current.server.listen
-                    || next.server.threads != current.server.threads
-                {
-                    log::warn!(
-                        "reload: server.listen and server.threads take effect only after a restart"
-                    );
+                for setting in restart_only_changes(&current.server, &next.server) {
+                    log::warn!("reload: {setting} changed; it takes effect only after a restart");
                 }
                 self.config.store(Arc::new(next));
-                log::info!("reload: {} applied", self.path.display());
+                let generation = metrics::GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+                log::info!(
+                    "reload: {} applied as generation {generation} in {:.1} ms",
+                    self.path.display(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
                 true
             }
             Err(e) => {
                 log::error!("reload: keeping the running config: {e}");
                 false
             }
-        }
+        };
+        metrics::reload(applied, started.elapsed());
+        notify(&[NotifyState::Ready]);
+        applied
     }
+}
+
+/// Settings read only at start that differ between two configs, by their keys.
+fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push("server.listen");
+    }
+    if old.threads != new.threads {
+        changed.push("server.threads");
+    }
+    if old.grace_period != new.grace_period || old.drain_delay != new.drain_delay {
+        changed.push("server.grace_period / server.drain_delay");
+    }
+    if old.pid_file != new.pid_file || old.upgrade_sock != new.upgrade_sock {
+        changed.push("server.pid_file / server.upgrade_sock");
+    }
+    if old.admin_listen != new.admin_listen {
+        changed.push("admin.listen");
+    }
+    if old.tls_listen != new.tls_listen || old.tls_fingerprint != new.tls_fingerprint {
+        changed.push("server.tls");
+    }
+    changed
 }
 
 #[async_trait]

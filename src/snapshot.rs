@@ -24,6 +24,7 @@ use crate::config::{
     self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile,
 };
 use crate::identity::IdentityHeaders;
+use crate::logs::{Destination, Logs};
 use crate::rate_limit::{self, GroupId, RateLimiter};
 use crate::respond::{Reply, Responses};
 use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
@@ -58,6 +59,7 @@ pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
     pub grace_period: std::time::Duration,
+    pub drain_delay: std::time::Duration,
     pub pid_file: String,
     pub upgrade_sock: String,
     /// The admin listener (`/metrics`).
@@ -65,6 +67,8 @@ pub struct ServerSettings {
     /// HTTPS listeners and their TLS setup.
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<EdgeTls>,
+    /// The `[server.tls]` table as written, to tell whether a reload changed it.
+    pub tls_fingerprint: Option<String>,
 }
 
 pub struct Snapshot {
@@ -77,6 +81,10 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     pub client_ip: ClientIpResolver,
     pub rate_limiter: RateLimiter,
+    /// Where the logs go, as configured.
+    pub logging: (Destination, Destination),
+    /// The open logs; empty until [`Snapshot::open_logs`].
+    pub logs: Logs,
 }
 
 impl Snapshot {
@@ -166,7 +174,43 @@ impl Snapshot {
             identity,
             client_ip,
             rate_limiter,
+            logging: (
+                Destination::parse(&config.logging.access_log, |p| c.relative(p)),
+                Destination::parse(&config.logging.audit_log, |p| c.relative(p)),
+            ),
+            logs: Logs::default(),
         })
+    }
+
+    /// Opens the logs for serving, taking over `previous`'s writers where unchanged. Kept out
+    /// of [`Snapshot::load`] so that `portcullis check` creates no files.
+    pub fn open_logs(&mut self, previous: Option<&Snapshot>) -> Result<(), ConfigError> {
+        let (access, audit) = &self.logging;
+        self.logs = Logs::open(access, audit, previous.map(|p| &p.logs)).map_err(|(log, e)| {
+            ConfigError::Log {
+                path: self.source.display().to_string(),
+                log,
+                source: e,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Why the gateway should not take traffic yet, if it should not: an issuer whose keys
+    /// were never loaded, or an upstream whose health checks find no target up.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for issuer in self.authenticator.issuers() {
+            if issuer.hmac.is_none() && issuer.keys.current().is_none() {
+                reasons.push(format!("issuer {}: keys not loaded", issuer.name));
+            }
+        }
+        for upstream in &self.upstreams {
+            if !upstream.has_healthy_target() {
+                reasons.push(format!("upstream {}: no healthy target", upstream.name));
+            }
+        }
+        reasons
     }
 }
 
@@ -300,11 +344,13 @@ impl Compiler<'_> {
             listen,
             threads: s.threads,
             grace_period: s.grace_period,
+            drain_delay: s.drain_delay,
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),
             admin_listen,
             tls_listen,
             tls,
+            tls_fingerprint: s.tls.as_ref().map(|t| format!("{t:?}")),
         })
     }
 

@@ -240,8 +240,18 @@ impl Upstream {
         self.ring.is_some()
     }
 
-    fn available(&self, i: usize, now: u64) -> bool {
+    fn available_at(&self, i: usize, now: u64) -> bool {
         self.health[i].is_up() && self.ejected_until[i].load(Ordering::Relaxed) <= now
+    }
+
+    /// Whether target `i` takes traffic now (up, and not ejected).
+    pub fn available(&self, i: usize) -> bool {
+        self.available_at(i, now_ms())
+    }
+
+    /// For readiness: false only when health checks are on and every target fails them.
+    pub fn has_healthy_target(&self) -> bool {
+        self.health_check.is_none() || self.health.iter().any(TargetHealth::is_up)
     }
 
     /// The target for the next attempt: by `key` on the ring with `consistent_hash` (the next
@@ -255,13 +265,13 @@ impl Upstream {
                 .node_iter(key)
                 .take(self.targets.len() * 8)
                 .filter_map(|addr| self.targets.iter().position(|a| a == addr))
-                .find(|&i| self.available(i, now));
+                .find(|&i| self.available_at(i, now));
         }
         let n = self.schedule.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| self.schedule[(start + k) % n])
-            .find(|&i| self.available(i, now))
+            .find(|&i| self.available_at(i, now))
     }
 
     /// Takes a target out of rotation after a failed connection.

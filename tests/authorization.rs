@@ -275,7 +275,6 @@ async fn every_request_carries_one_request_id_and_trace_context_passes() {
     .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("x-request-id"), Some("caller-42"));
-    assert!(gw.log().contains("request_id=caller-42"), "{}", gw.log());
     let other = get(&gw.url("/public/x"), None).await;
     assert_ne!(other.header("x-request-id"), Some(id.as_str()));
 }

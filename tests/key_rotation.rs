@@ -28,6 +28,10 @@ fn signed(key: &str, kid: &str, iss: &str) -> String {
 fn gateway(echo: &Echo, key_source: &str, refresh: &str) -> Gateway {
     Gateway::start(&format!(
         r#"
+# The audit trail, in the test's log.
+[logging]
+audit_log = "stderr"
+
 [issuers.idp]
 issuer = "https://idp.test"
 audiences = ["api"]
@@ -163,7 +167,11 @@ async fn keys_never_loaded_answer_401_not_500() {
     .await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(r.body, "401 Authorization Required");
-    assert!(gw.log().contains("reason=keys_unavailable"), "{}", gw.log());
+    assert!(
+        gw.log().contains(r#""reason":"keys_unavailable""#),
+        "{}",
+        gw.log()
+    );
 }
 
 #[tokio::test]

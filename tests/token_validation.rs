@@ -10,6 +10,10 @@ use serde_json::json;
 fn gateway(echo: &Echo) -> Gateway {
     Gateway::start(&format!(
         r#"
+# The audit trail, in the test's log.
+[logging]
+audit_log = "stderr"
+
 [issuers.idp]
 issuer = "https://idp.test"
 audiences = ["api"]
@@ -243,7 +247,7 @@ async fn bad_tokens_are_401_invalid_token_never_5xx() {
         "bad_signature",
     ] {
         assert!(
-            log.contains(&format!("reason={reason}")),
+            log.contains(&format!(r#""reason":"{reason}""#)),
             "no {reason} in log"
         );
     }

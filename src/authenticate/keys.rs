@@ -193,6 +193,8 @@ pub enum FetchError {
 pub struct KeyStats {
     pub fetches: AtomicU64,
     pub fetch_failures: AtomicU64,
+    /// When keys were last loaded, Unix milliseconds; 0 until they are.
+    pub loaded_at_unix_ms: AtomicU64,
 }
 
 struct Schedule {
@@ -218,6 +220,10 @@ impl KeyStore {
         let set = KeySet::parse(&document).map_err(|e| format!("{}: {e}", path.display()))?;
         let store = Self::remote(KeySource::File, KeyRefreshConf::default());
         store.keys.store(Some(Arc::new(set)));
+        store
+            .stats
+            .loaded_at_unix_ms
+            .store(crate::metrics::unix_millis(), Ordering::Relaxed);
         Ok(store)
     }
 
@@ -302,6 +308,9 @@ impl KeyStore {
             Ok((set, max_age)) => {
                 log::info!("loaded {} keys from {}", set.len(), self.describe());
                 self.keys.store(Some(Arc::new(set)));
+                self.stats
+                    .loaded_at_unix_ms
+                    .store(crate::metrics::unix_millis(), Ordering::Relaxed);
                 max_age.unwrap_or(self.refresh.refresh_interval).clamp(
                     self.refresh.min_refresh_interval,
                     self.refresh.max_refresh_interval,

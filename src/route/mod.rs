@@ -61,14 +61,17 @@ impl<R> Router<R> {
     /// Finds the route of a request. `host` is the request's `Host` (any case, port allowed);
     /// `path` must be normalized. Routes bound to the host are tried before host-less ones.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&R> {
+        self.find_index(host, path, method).map(|i| &self.routes[i])
+    }
+
+    /// As [`Router::find`], giving the route's position in [`Router::routes`].
+    pub fn find_index(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
         let bound = host
             .map(strip_port)
             .filter(|_| !self.by_host.is_empty())
             .and_then(|h| self.lookup_host(h))
             .and_then(|t| t.find(path, method));
-        bound
-            .or_else(|| self.any_host.find(path, method))
-            .map(|i| &self.routes[i])
+        bound.or_else(|| self.any_host.find(path, method))
     }
 
     fn lookup_host(&self, host: &str) -> Option<&PathTable> {

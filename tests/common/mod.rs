@@ -30,8 +30,12 @@ pub fn wait_for_port(port: u16, what: &str) {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return;
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            // Free ports come from the ephemeral range, so a connect to a port nobody listens
+            // on can pick that very port as its source and connect to itself.
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return;
+            }
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -53,6 +57,8 @@ pub struct Gateway {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub conf: PathBuf,
+    /// Extra `[server]` settings, kept across [`Gateway::reload`].
+    server: String,
     proc: Proc,
 }
 
@@ -60,37 +66,98 @@ impl Gateway {
     /// Starts `portcullis run` with `body` as the config, after a generated `[server]` table.
     /// `{fixtures}` in `body` stands for the fixtures directory.
     pub fn start(body: &str) -> Gateway {
+        Self::start_with("", body, &[])
+    }
+
+    /// As [`Gateway::start`], with `server` lines added to `[server]` and environment `env`.
+    pub fn start_with(server: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("gateway.toml");
-        std::fs::write(&conf, Self::config(port, dir.path(), body)).expect("write config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-        let child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(&conf)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start portcullis");
+        std::fs::write(&conf, Self::config_with(port, dir.path(), server, body))
+            .expect("write config");
+        let child = Self::spawn(&conf, &dir.path().join("gateway.log"), &[], env);
         let gw = Gateway {
             port,
             dir,
             conf,
+            server: server.to_string(),
             proc: Proc(child),
         };
         wait_for_port(port, "gateway");
         gw
     }
 
+    fn spawn(conf: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let log = std::fs::File::create(log).expect("log file");
+        Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(conf)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start portcullis")
+    }
+
+    /// Starts a second process on the same config with `-u`: it takes over the listening
+    /// sockets once this one gets SIGQUIT. Its log is `gateway-new.log`.
+    pub fn start_upgrade(&self) -> Proc {
+        let log = self.dir.path().join("gateway-new.log");
+        Proc(Self::spawn(&self.conf, &log, &["-u"], &[]))
+    }
+
     pub fn config(port: u16, dir: &Path, body: &str) -> String {
+        Self::config_with(port, dir, "", body)
+    }
+
+    fn config_with(port: u16, dir: &Path, server: &str, body: &str) -> String {
         let fixtures = fixture("").display().to_string();
+        let d = dir.display();
+        // `server` lines replace the defaults they name.
+        let defaults = [
+            format!("listen = [\"127.0.0.1:{port}\"]"),
+            "threads = 1".to_string(),
+            "grace_period = \"1s\"".to_string(),
+            format!("pid_file = \"{d}/pid\""),
+            format!("upgrade_sock = \"{d}/upgrade.sock\""),
+        ];
+        let mut table = String::from("[server]\n");
+        for line in defaults {
+            let key = line.split(' ').next().unwrap_or_default();
+            if !server.lines().any(|l| l.starts_with(&format!("{key} "))) {
+                table.push_str(&line);
+                table.push('\n');
+            }
+        }
         format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nthreads = 1\ngrace_period = \"1s\"\n\
-             pid_file = \"{d}/pid\"\nupgrade_sock = \"{d}/upgrade.sock\"\n\n{}",
-            body.replace("{fixtures}", fixtures.trim_end_matches('/')),
-            d = dir.display()
+            "{table}{server}\n\n{}",
+            body.replace("{fixtures}", fixtures.trim_end_matches('/'))
         )
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, `QUIT` …) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code, or `None` if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proc.0.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -107,14 +174,17 @@ impl Gateway {
 
     /// Replaces the config (after the generated `[server]` table) and sends SIGHUP.
     pub fn reload(&self, body: &str) {
-        std::fs::write(&self.conf, Self::config(self.port, self.dir.path(), body))
-            .expect("write config");
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -HUP");
+        self.write_config(body);
+        self.signal("HUP");
+    }
+
+    /// Replaces the config file atomically (as an editor or a deployment tool would), without
+    /// telling the process.
+    pub fn write_config(&self, body: &str) {
+        let text = Self::config_with(self.port, self.dir.path(), &self.server, body);
+        let tmp = self.conf.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &self.conf).expect("rename config");
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -2,6 +2,7 @@
 """Test servers for the Portcullis test suite.
 
   http_fixture.py echo PORT       answers every request with JSON describing it
+                                  (after ?delay_ms=N milliseconds, if asked)
   http_fixture.py tls-echo PORT CERT KEY [CLIENT_CA]
                                   the same over TLS; with CLIENT_CA, a client certificate
                                   signed by it is required
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +29,9 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
     def handle_any(self):
+        delay = parse_qs(urlsplit(self.path).query).get("delay_ms")
+        if delay:
+            time.sleep(int(delay[0]) / 1000)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {}

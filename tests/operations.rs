@@ -1,0 +1,671 @@
+//! Operating the running gateway: metrics, access and audit logs, health probes, reload under
+//! load, graceful stop, binary upgrade, systemd.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{free_port, get, metric, rsa_token, Echo, FileServer, Gateway};
+
+const ISSUER: &str = r#"
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{fixtures}/rsa-1.jwks.json"
+
+[issuers.idp.claims]
+tenant = "agency_id"
+"#;
+
+fn admin(port: u16) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Polls `f` until it holds, for up to `limit`.
+async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn metrics_and_logs_record_every_decision() {
+    let echo = Echo::start();
+    let admin_port = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
+    let audit = logs.path().join("audit.log");
+    let gw = Gateway::start(&format!(
+        r#"
+{admin}
+[logging]
+access_log = "{access}"
+audit_log = "{audit}"
+{ISSUER}
+[upstreams.backend]
+targets = ["127.0.0.1:{echo}"]
+
+[[routes]]
+name = "agents"
+path = "/agents/{{id}}"
+upstream = "backend"
+access = "authenticated"
+
+[[routes.allow]]
+methods = ["GET"]
+roles = ["agent"]
+
+[[routes.allow]]
+methods = ["DELETE"]
+roles = ["admin"]
+
+[[routes]]
+name = "status"
+path = "/status"
+access = "public"
+respond = {{ status = 200, body = "ok" }}
+"#,
+        admin = admin(admin_port),
+        access = access.display(),
+        audit = audit.display(),
+        echo = echo.port
+    ));
+    let agent = rsa_token("alice", "agent", &["--claim", "agency_id=\"north\""]);
+    let expired = rsa_token("bob", "agent", &["--issued-ago", "2h"]);
+    let c = common::client();
+
+    assert_eq!(get(&gw.url("/status"), None).await.status, 200);
+    assert_eq!(get(&gw.url("/agents/7"), Some(&agent)).await.status, 200);
+    assert_eq!(get(&gw.url("/agents/7"), None).await.status, 401);
+    assert_eq!(get(&gw.url("/agents/7"), Some(&expired)).await.status, 401);
+    let r = common::exchange(&c, "DELETE", &gw.url("/agents/7"), Some(&agent), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(get(&gw.url("/nowhere"), None).await.status, 404);
+
+    let m = |s: &'static str| metric(admin_port, s);
+    assert_eq!(
+        m(r#"portcullis_requests_total{method="GET",route="agents",status="200"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        m(r#"portcullis_requests_total{method="GET",route="agents",status="401"}"#).await,
+        2.0
+    );
+    assert_eq!(
+        m(r#"portcullis_requests_total{method="GET",route="",status="404"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        m(r#"portcullis_authentications_total{outcome="expired"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        m(r#"portcullis_authentications_total{outcome="missing"}"#).await,
+        1.0
+    );
+    assert_eq!(
+        m(r#"portcullis_authentications_total{outcome="ok"}"#).await,
+        2.0
+    );
+    assert_eq!(
+        m(r#"portcullis_authorization_denials_total{reason="insufficient_role_or_scope",route="agents"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        m("portcullis_request_duration_seconds_count{route=\"agents\"}").await,
+        4.0
+    );
+    assert_eq!(m("portcullis_gateway_overhead_seconds_count").await, 6.0);
+    assert_eq!(m(r#"portcullis_jwks_keys{issuer="idp"}"#).await, 1.0);
+    assert!(m(r#"portcullis_jwks_key_age_seconds{issuer="idp"}"#).await > 0.0);
+    let target_up = format!(
+        "portcullis_upstream_target_up{{target=\"127.0.0.1:{}\",upstream=\"backend\"}}",
+        echo.port
+    );
+    assert_eq!(metric(admin_port, &target_up).await, 1.0);
+    assert_eq!(m("portcullis_config_generation").await, 1.0);
+    assert_eq!(m("portcullis_requests_in_flight").await, 0.0);
+
+    // The logs are written off the request path; give the writer a moment.
+    assert!(
+        eventually(Duration::from_secs(3), async || json_lines(&access).len()
+            == 6)
+        .await
+    );
+    let access_lines = json_lines(&access);
+    let ok = &access_lines[1];
+    assert_eq!(ok["log"], "access");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["route"], "agents");
+    assert_eq!(ok["upstream"], "backend");
+    assert_eq!(ok["subject"], "alice");
+    assert_eq!(ok["client_ip"], "127.0.0.1");
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        ok["request_id"].as_str().unwrap().len(),
+        36,
+        "a generated UUID: {ok}"
+    );
+
+    let audit_lines = json_lines(&audit);
+    let decisions: Vec<(String, String)> = audit_lines
+        .iter()
+        .map(|l| {
+            (
+                l["decision"].as_str().unwrap().to_string(),
+                l["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |d: &str, r: &str| (d.to_string(), r.to_string());
+    assert_eq!(
+        decisions,
+        vec![
+            expect("allow", "ok"),
+            expect("deny", "missing"),
+            expect("deny", "expired"),
+            expect("deny", "insufficient_role_or_scope"),
+            expect("deny", "no_route"),
+        ],
+        "public admissions are not audited: {audit_lines:?}"
+    );
+    let allow = &audit_lines[0];
+    assert_eq!(allow["rule"], "allow[0]");
+    assert_eq!(allow["issuer"], "idp");
+    assert_eq!(allow["subject"], "alice");
+    assert_eq!(allow["tenant"], "north");
+    assert_eq!(allow["route"], "agents");
+    assert_eq!(allow["token"].as_str().unwrap().len(), 12);
+    assert_eq!(
+        allow["request_id"], access_lines[1]["request_id"],
+        "one request, one id in both logs"
+    );
+    assert_eq!(audit_lines[3]["subject"], "alice", "a 403 names the caller");
+    assert_eq!(audit_lines[3]["method"], "DELETE");
+
+    let everything = std::fs::read_to_string(&access).unwrap()
+        + &std::fs::read_to_string(&audit).unwrap()
+        + &gw.log();
+    for token in [&agent, &expired] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!everything.contains(signature), "a token reached a log");
+    }
+
+    // A log file moved away (logrotate) is reopened on SIGHUP.
+    std::fs::rename(&access, logs.path().join("access.log.1")).unwrap();
+    gw.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(3), async || access.exists()).await,
+        "reopened"
+    );
+    assert_eq!(get(&gw.url("/status"), None).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(3), async || json_lines(&access).len()
+            == 1)
+        .await,
+        "new lines go to the new file"
+    );
+}
+
+#[tokio::test]
+async fn readiness_follows_keys_and_health_checks() {
+    let admin_port = free_port();
+    let mut keys = FileServer::start();
+    keys.stop();
+    let dead = free_port();
+    let _gw = Gateway::start(&format!(
+        r#"
+{admin}
+[issuers.remote]
+issuer = "https://remote.test"
+audiences = ["api"]
+jwks_url = "{jwks}"
+
+[issuers.remote.keys]
+min_refresh_interval = "200ms"
+
+[upstreams.backend]
+targets = ["127.0.0.1:{dead}"]
+
+[upstreams.backend.health_check]
+kind = "tcp"
+interval = "200ms"
+fall = 1
+rise = 1
+
+[[routes]]
+path = "/x"
+access = "public"
+upstream = "backend"
+"#,
+        admin = admin(admin_port),
+        jwks = keys.url("/jwks.json"),
+    ));
+    let admin_url = |p: &str| format!("http://127.0.0.1:{admin_port}{p}");
+    assert_eq!(get(&admin_url("/healthz"), None).await.status, 200);
+    let not_ready = async || {
+        let r = get(&admin_url("/readyz"), None).await;
+        (r.status, r.json()["reasons"].clone())
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let (status, reasons) = not_ready().await;
+            status == 503
+                && reasons
+                    == serde_json::json!([
+                        "issuer remote: keys not loaded",
+                        "upstream backend: no healthy target"
+                    ])
+        })
+        .await,
+        "{:?}",
+        not_ready().await
+    );
+
+    keys.put(
+        "jwks.json",
+        &std::fs::read_to_string(common::fixture("rsa-1.jwks.json")).unwrap(),
+    );
+    keys.restart();
+    let _backend = std::net::TcpListener::bind(("127.0.0.1", dead)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || get(
+            &admin_url("/readyz"),
+            None
+        )
+        .await
+        .status
+            == 200)
+        .await,
+        "{:?}",
+        not_ready().await
+    );
+    assert_eq!(
+        metric(
+            admin_port,
+            r#"portcullis_jwks_fetches_total{issuer="remote",outcome="ok"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_finishes_requests_in_flight() {
+    let echo = Echo::start();
+    let admin_port = free_port();
+    let mut gw = Gateway::start_with(
+        "drain_delay = \"1s\"\n",
+        &format!(
+            r#"
+{admin}
+[upstreams.backend]
+targets = ["127.0.0.1:{echo}"]
+
+[[routes]]
+path = "/slow"
+access = "public"
+upstream = "backend"
+"#,
+            admin = admin(admin_port),
+            echo = echo.port
+        ),
+        &[],
+    );
+    let slow = tokio::spawn({
+        let url = gw.url("/slow?delay_ms=1800");
+        async move { get(&url, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Draining: the probe fails first, while requests are still served.
+    let ready = get(&format!("http://127.0.0.1:{admin_port}/readyz"), None).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["reasons"], serde_json::json!(["draining"]));
+    assert_eq!(get(&gw.url("/slow"), None).await.status, 200);
+
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, 200, "the request in flight finished");
+    let code = gw.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0));
+    // 1 s of drain, the slow request's remaining ~1.6 s, then no wait for the grace period.
+    assert!(
+        took < Duration::from_millis(3_000),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(gw.log().contains("no request in flight"), "{}", gw.log());
+}
+
+#[tokio::test]
+async fn sighup_reloads_are_atomic_under_load() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        panic!("wrk is needed (tests/run.sh installs it)");
+    }
+    let admin_port = free_port();
+    let config = |body: &str, extra_route: bool| {
+        format!(
+            r#"
+{admin}
+{ISSUER}
+[[routes]]
+name = "hello"
+path = "/hello"
+access = "authenticated"
+respond = {{ status = 200, body = "{body}" }}
+
+[[routes.allow]]
+roles = ["agent"]
+{extra}
+"#,
+            admin = admin(admin_port),
+            extra = if extra_route {
+                "\n[[routes]]\npath = \"/extra\"\naccess = \"public\"\nrespond = { status = 204 }\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let a = config("a", false);
+    let b = config("b", true);
+    let broken = a.replace("[[routes.allow]]", "[[routes.allow]]\nroles = 3");
+    let gw = Gateway::start_with("threads = 2\n", &a, &[]);
+    let token = rsa_token("alice", "agent", &[]);
+
+    let wrk = std::thread::spawn({
+        let url = gw.url("/hello");
+        let header = format!("Authorization: Bearer {token}");
+        move || {
+            Command::new("wrk")
+                .args(["-t2", "-c16", "-d8s", "--latency", "-H", &header, &url])
+                .output()
+                .expect("wrk")
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent_invalid = 0;
+    for i in 0..50 {
+        let body = if i % 5 == 4 {
+            sent_invalid += 1;
+            &broken
+        } else if i % 2 == 0 {
+            &b
+        } else {
+            &a
+        };
+        gw.write_config(body);
+        gw.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(130)).await;
+    }
+    let out = wrk.join().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{report}");
+    assert!(out.status.success(), "{report}");
+    assert!(
+        !report.contains("Non-2xx"),
+        "a reload caused an error answer:\n{report}"
+    );
+    assert!(
+        !report.contains("Socket errors"),
+        "a reload caused a socket error:\n{report}"
+    );
+
+    let applied = metric(
+        admin_port,
+        r#"portcullis_config_reloads_total{outcome="applied"}"#,
+    )
+    .await;
+    let rejected = metric(
+        admin_port,
+        r#"portcullis_config_reloads_total{outcome="rejected"}"#,
+    )
+    .await;
+    assert_eq!(rejected, f64::from(sent_invalid));
+    assert_eq!(applied, f64::from(50 - sent_invalid));
+    assert_eq!(
+        metric(admin_port, "portcullis_config_generation").await,
+        applied + 1.0
+    );
+    let sum = metric(admin_port, "portcullis_config_reload_duration_seconds_sum").await;
+    let count = metric(
+        admin_port,
+        "portcullis_config_reload_duration_seconds_count",
+    )
+    .await;
+    println!(
+        "reloads: {applied} applied, {rejected} rejected, mean {:.2} ms",
+        sum / count * 1000.0
+    );
+    assert!(gw.log().contains("keeping the running config"));
+    assert!(gw.log().contains("duplicate key"), "{}", gw.log());
+    // The last file written was `b` (i = 48): its extra route is live.
+    assert_eq!(get(&gw.url("/extra"), None).await.status, 204);
+    assert_eq!(get(&gw.url("/hello"), Some(&token)).await.body, "b");
+}
+
+#[tokio::test]
+async fn restart_only_settings_are_reported_on_reload() {
+    let gw = Gateway::start(
+        "[[routes]]\npath = \"/x\"\naccess = \"public\"\nrespond = { status = 200 }\n",
+    );
+    let other = free_port();
+    let text = std::fs::read_to_string(&gw.conf).unwrap().replace(
+        &format!("127.0.0.1:{}", gw.port),
+        &format!("127.0.0.1:{other}"),
+    );
+    std::fs::write(&gw.conf, text).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !gw.log().contains("server.listen changed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gw.log()
+            .contains("server.listen changed; it takes effect only after a restart"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        get(&gw.url("/x"), None).await.status,
+        200,
+        "still on the old address"
+    );
+}
+
+#[tokio::test]
+async fn sighup_during_start_up_does_not_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("g.toml");
+    std::fs::write(
+        &conf,
+        Gateway::config(
+            port,
+            dir.path(),
+            "[[routes]]\npath = \"/x\"\naccess = \"public\"\nrespond = { status = 200 }\n",
+        ),
+    )
+    .unwrap();
+    let child = Command::new(common::BIN)
+        .args(["run", "-c"])
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proc = common::Proc(child);
+    let pid = proc.0.id();
+    // From the moment the handler exists (the first thing main does) until the gateway
+    // listens, SIGHUPs keep coming; none may end the process.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !catches_sighup(pid) {
+        assert!(Instant::now() < deadline, "no SIGHUP handler");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let mut sent = 0;
+    let listening = || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    };
+    while !listening() {
+        assert!(matches!(proc.0.try_wait(), Ok(None)), "SIGHUP killed it");
+        assert!(Instant::now() < deadline, "never listened");
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        sent += 1;
+    }
+    assert!(sent > 0);
+    assert!(matches!(proc.0.try_wait(), Ok(None)), "SIGHUP killed it");
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/x"), None)
+            .await
+            .status,
+        200
+    );
+}
+
+/// Whether the process has a handler for SIGHUP (bit 0 of `SigCgt` in /proc/PID/status).
+fn catches_sighup(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & 1 == 1)
+}
+
+#[tokio::test]
+async fn binary_upgrade_hands_over_the_sockets() {
+    let gw_body = "[[routes]]\npath = \"/x\"\naccess = \"public\"\nrespond = { status = 200, body = \"up\" }\n";
+    let mut old = Gateway::start(gw_body);
+    let url = old.url("/x");
+    // A new connection per request: each one tests who is accepting on the socket.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let load = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        let until = Instant::now() + Duration::from_secs(9);
+        while Instant::now() < until {
+            let status = match client.get(&url).send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(e) => {
+                    eprintln!("request failed at {:?}: {e:?}", Instant::now());
+                    0
+                }
+            };
+            statuses.push(status);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        statuses
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut new = old.start_upgrade();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old.signal("QUIT");
+    let code = old.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "the old process exits once it handed over");
+    assert!(matches!(new.0.try_wait(), Ok(None)), "the new one runs");
+    let statuses = load.await.unwrap();
+    let failed = statuses.iter().filter(|&&s| s != 200).count();
+    println!(
+        "{} requests across the upgrade, {failed} failed",
+        statuses.len()
+    );
+    // Pingora closes the connections still waiting for their first request when the old
+    // process stops; one accepted by it in the last instant can lose its request (seen once in
+    // ~600 under a parallel test load). Anything more is a handover failure.
+    assert!(failed <= 1, "{failed} failed: {statuses:?}");
+    assert!(statuses.len() > 100);
+    // Served by the new process alone now.
+    assert_eq!(get(&old.url("/x"), None).await.body, "up");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("systemd-analyze is needed (tests/run.sh installs systemd)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(common::repo_path("systemd/portcullis.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStartPre=/usr/local/bin/portcullis check",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed}");
+    }
+    // Verified as installed, with the binary where the unit expects it.
+    let unit = unit.replace("/usr/local/bin/portcullis", common::BIN);
+    let path = dir.path().join("portcullis.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+}
+
+#[test]
+fn readiness_is_notified_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let admin_port = free_port();
+    let gw = Gateway::start_with(
+        "",
+        &format!(
+            "{}[[routes]]\npath = \"/x\"\naccess = \"public\"\nrespond = {{ status = 200 }}\n",
+            admin(admin_port)
+        ),
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+    // Both listeners accepted before READY was sent.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok());
+    gw.signal("HUP");
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"RELOADING=1\n");
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1\n");
+}
