@@ -12,27 +12,9 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-3}
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v taskset >/dev/null || missing+=(util-linux)
-if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-cargo build --release --quiet
-BIN=$PWD/target/release/portcullis
+source benches/lib.sh
+need wrk:wrk nginx:nginx-light redis-server:redis-server taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
 
 UP=$(port); REDIS=$(port)
 cat > "$TMP/nginx.conf" <<NGINX
@@ -81,6 +63,11 @@ listen = ["127.0.0.1:$P"]
 threads = 1
 pid_file = "$TMP/$mode.pid"
 upgrade_sock = "$TMP/$mode.sock"
+
+# What these figures compare does not include the logs (measured as they were first taken).
+[logging]
+access_log = "off"
+audit_log = "off"
 
 [issuers.dev]
 issuer = "https://dev.portcullis.local"

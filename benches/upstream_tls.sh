@@ -12,25 +12,9 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-3}
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v openssl >/dev/null || missing+=(openssl)
-if [ ${#missing[@]} -gt 0 ]; then
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-cargo build --release --quiet
-BIN=$PWD/target/release/portcullis
+source benches/lib.sh
+need wrk:wrk nginx:nginx-light openssl:openssl taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
 
 # A CA and a server certificate for localhost, as a real deployment has.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
@@ -70,6 +54,11 @@ listen = ["127.0.0.1:$GW"]
 threads = 1
 pid_file = "$TMP/gw.pid"
 upgrade_sock = "$TMP/gw.sock"
+
+# What these figures compare does not include the logs (measured as they were first taken).
+[logging]
+access_log = "off"
+audit_log = "off"
 
 [upstreams.plain]
 targets = ["127.0.0.1:$PLAIN"]

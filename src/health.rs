@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConf, HealthCheckKind};
+use crate::key_refresh::every;
 use crate::snapshot::SharedSnapshot;
 
 /// Health of one target, as probes have found it.
@@ -112,13 +113,7 @@ impl HealthChecker {
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(TICK, &mut shutdown, || {
             let snapshot = self.config.load_full();
             for (id, upstream) in snapshot.upstreams.iter().enumerate() {
                 let Some(conf) = upstream.health_check_due() else {
@@ -147,7 +142,8 @@ impl BackgroundService for HealthChecker {
                     });
                 }
             }
-        }
+        })
+        .await;
     }
 }
 

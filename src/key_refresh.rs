@@ -21,16 +21,22 @@ impl KeyRefresher {
     }
 }
 
+/// Calls `work` every `period` until shutdown; a late tick is not made up for.
+pub async fn every(period: Duration, shutdown: &mut ShutdownWatch, mut work: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => work(),
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for KeyRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(TICK, &mut shutdown, || {
             // The current snapshot each time: issuers added by a reload are picked up.
             let snapshot = self.config.load_full();
             for issuer in snapshot.authenticator.issuers() {
@@ -38,6 +44,7 @@ impl BackgroundService for KeyRefresher {
                 // One task per store, so a slow provider does not delay the others.
                 tokio::spawn(async move { keys.refresh_if_due().await });
             }
-        }
+        })
+        .await;
     }
 }

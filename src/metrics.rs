@@ -43,6 +43,19 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Hi
     )
 }
 
+fn int_gauge(name: &str, help: &str) -> IntGauge {
+    register(
+        IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
 /// Request latency buckets, 250 µs to 10 s.
 const LATENCY: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -70,16 +83,11 @@ static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
 });
 
 static GATEWAY_OVERHEAD: Lazy<Histogram> = Lazy::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new(
-                "gateway_overhead_seconds",
-                "The gateway's own work on a request: routing, authentication, authorization \
-                 and rate limiting, up to the choice of upstream or the gateway's own answer.",
-            )
-            .buckets(OVERHEAD.to_vec()),
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    histogram(
+        "gateway_overhead_seconds",
+        "The gateway's own work on a request: routing, authentication, authorization \
+         and rate limiting, up to the choice of upstream or the gateway's own answer.",
+        OVERHEAD,
     )
 });
 
@@ -134,22 +142,16 @@ static RATE_LIMIT_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 static WEBSOCKETS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
-    register(
-        IntGauge::new(
-            "websockets_open",
-            "Upgraded (WebSocket) connections open now.",
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    int_gauge(
+        "websockets_open",
+        "Upgraded (WebSocket) connections open now.",
     )
 });
 
 static IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
-    register(
-        IntGauge::new(
-            "requests_in_flight",
-            "Requests being served now, open WebSockets included.",
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    int_gauge(
+        "requests_in_flight",
+        "Requests being served now, open WebSockets included.",
     )
 });
 
@@ -162,15 +164,10 @@ static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 static RELOAD_DURATION: Lazy<Histogram> = Lazy::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new(
-                "config_reload_duration_seconds",
-                "From SIGHUP to the new config being in use (or refused).",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    histogram(
+        "config_reload_duration_seconds",
+        "From SIGHUP to the new config being in use (or refused).",
+        &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
     )
 });
 

@@ -498,8 +498,8 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let req = session.req_header();
-        let route = ctx.route_name().unwrap_or("");
-        metrics::request(route, &req.method, status, took);
+        let route = ctx.route_name();
+        metrics::request(route.unwrap_or(""), &req.method, status, took);
         let Some(log) = &ctx.snapshot.logs.access else {
             return;
         };
@@ -514,7 +514,7 @@ impl ProxyHttp for Gateway {
             host: header(HOST).or(req.uri.host()).unwrap_or(""),
             path: req.uri.path(),
             status,
-            route: ctx.route_name(),
+            route,
             upstream: ctx
                 .upstream
                 .and_then(|id| ctx.snapshot.upstreams.get(id))

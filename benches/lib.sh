@@ -1,0 +1,32 @@
+# Shared set-up of the wrk benchmarks; sourced from the repository root by each script.
+#
+#   need CMD:PACKAGE ...   installs the Debian packages of the commands that are missing
+#   port                   prints a free loopback port
+#   wait_port PORT         waits (10 s at most) until something accepts on PORT
+#
+# After sourcing: BIN (the release gateway, built), NGINX, TMP (removed on exit) and PIDS
+# (killed on exit: append every background process).
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+need() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+
+cargo build --release --quiet
+BIN=$PWD/target/release/portcullis
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
