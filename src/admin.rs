@@ -6,6 +6,9 @@
 //! * `GET /readyz`: 200 when the gateway should take traffic; 503 with the reasons while an
 //!   issuer's keys were never loaded, an upstream's health checks find no target up, or the
 //!   process is draining to stop.
+//! * `GET /websockets`: how many WebSockets are open.
+//! * `POST /websockets/evict` with `{"subject": "…"}`: ends that subject's WebSockets (Close
+//!   4003) here and, when Redis is configured, on every other instance.
 
 use std::sync::Arc;
 
@@ -17,15 +20,83 @@ use pingora_core::protocols::http::ServerSession;
 use crate::lifecycle::Lifecycle;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
+use crate::websocket::eviction::Eviction;
+
+/// Largest request body the admin listener reads.
+const MAX_BODY: usize = 4096;
 
 pub struct Admin {
     config: SharedSnapshot,
     lifecycle: Arc<Lifecycle>,
+    eviction: Eviction,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvictRequest {
+    subject: String,
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> (StatusCode, Vec<u8>) {
+    (status, body.to_string().into_bytes())
 }
 
 impl Admin {
-    pub fn new(config: SharedSnapshot, lifecycle: Arc<Lifecycle>) -> Self {
-        Self { config, lifecycle }
+    pub fn new(config: SharedSnapshot, lifecycle: Arc<Lifecycle>, eviction: Eviction) -> Self {
+        Self {
+            config,
+            lifecycle,
+            eviction,
+        }
+    }
+
+    async fn evict(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
+        if session.req_header().method != http::Method::POST {
+            let e = serde_json::json!({"error": "method_not_allowed", "allowed": "POST"});
+            return json(StatusCode::METHOD_NOT_ALLOWED, e);
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_BODY => {
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(Some(_)) => {
+                    let e = serde_json::json!({"error": "body_too_large", "limit": MAX_BODY});
+                    return json(StatusCode::PAYLOAD_TOO_LARGE, e);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = serde_json::json!({"error": "unreadable_body", "detail": e.to_string()});
+                    return json(StatusCode::BAD_REQUEST, e);
+                }
+            }
+        }
+        let request = match serde_json::from_slice::<EvictRequest>(&body) {
+            Ok(r) if !r.subject.is_empty() => r,
+            Ok(_) => {
+                let e = serde_json::json!({"error": "invalid_body", "detail": "subject is empty"});
+                return json(StatusCode::BAD_REQUEST, e);
+            }
+            Err(e) => {
+                let detail = format!("expected {{\"subject\": \"…\"}}: {e}");
+                let e = serde_json::json!({"error": "invalid_body", "detail": detail});
+                return json(StatusCode::BAD_REQUEST, e);
+            }
+        };
+        let evicted = self.eviction.evict(&request.subject).await;
+        log::info!(
+            "websocket eviction of {:?}: {} closed here, published: {:?}",
+            request.subject,
+            evicted.closed,
+            evicted.published
+        );
+        let body = serde_json::json!({
+            "subject": request.subject,
+            "closed": evicted.closed,
+            "published": evicted.published,
+        });
+        json(StatusCode::OK, body)
     }
 
     fn readiness(&self) -> (StatusCode, Vec<u8>) {
@@ -61,6 +132,14 @@ impl ServeHttp for Admin {
             "/healthz" => (StatusCode::OK, JSON, br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => {
                 let (status, body) = self.readiness();
+                (status, JSON, body)
+            }
+            "/websockets" => {
+                let open = self.eviction.registry().len();
+                (StatusCode::OK, JSON, serde_json::json!({ "open": open }).to_string().into_bytes())
+            }
+            "/websockets/evict" => {
+                let (status, body) = self.evict(session).await;
                 (status, JSON, body)
             }
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

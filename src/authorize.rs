@@ -119,7 +119,7 @@ mod tests {
             tenant: None,
             roles: roles.iter().map(|s| s.to_string()).collect(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            expires_at: None,
+            valid_until: None,
             extra: Vec::new(),
         }
     }

@@ -43,6 +43,87 @@ pub struct Config {
     /// `[logging]`: the access log and the audit log.
     #[serde(default)]
     pub logging: LoggingConf,
+    /// `[websocket]`: how WebSocket connections are renewed, closed and evicted.
+    #[serde(default)]
+    pub websocket: WebSocketConf,
+}
+
+/// `[websocket]`: settings shared by every route that takes WebSockets (`[routes.websocket]`).
+///
+/// An open WebSocket lives as long as the token it was opened with (its `exp` plus the
+/// issuer's `clock_skew`). Before that, the client may send a text message
+/// `{"type": "access_token", "token": "<new token>"}` (field names and type configurable):
+/// the gateway validates it like a request's token, requires the same subject and tenant,
+/// moves the deadline and does not forward the message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConf {
+    /// Query parameter a route with `token_from = ["query"]` reads the token from; removed
+    /// before forwarding. Default: `access_token`.
+    pub query_parameter: String,
+    /// Subprotocol that announces a token in `Sec-WebSocket-Protocol`, for routes with
+    /// `token_from = ["subprotocol"]`: the client offers `<marker>, <token>`. Default:
+    /// `access_token`.
+    pub subprotocol: String,
+    /// Member of a renewal message that says what it is. Default: `type`.
+    pub renewal_type_field: String,
+    /// Its value. Default: `access_token`.
+    pub renewal_type: String,
+    /// Member holding the new token. Default: `token`.
+    pub renewal_token_field: String,
+    /// Longest renewal message in bytes (after decompression); longer text messages are
+    /// forwarded untouched. Default: 16384.
+    pub renewal_max_bytes: usize,
+    /// How long the gateway waits for the closing handshake after it closes a connection.
+    /// Default: 2s.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// Redis that carries evictions to every gateway instance (`POST /websockets/evict` on
+    /// the admin listener). Default: `[rate_limit.redis]`'s `url` when set; otherwise
+    /// evictions stay local.
+    pub redis_url: Option<String>,
+    /// Pub/sub channel for evictions. Default: `portcullis:websocket:evict`.
+    pub eviction_channel: String,
+}
+
+impl Default for WebSocketConf {
+    fn default() -> Self {
+        Self {
+            query_parameter: "access_token".into(),
+            subprotocol: "access_token".into(),
+            renewal_type_field: "type".into(),
+            renewal_type: "access_token".into(),
+            renewal_token_field: "token".into(),
+            renewal_max_bytes: 16 * 1024,
+            close_timeout: Duration::from_secs(2),
+            redis_url: None,
+            eviction_channel: "portcullis:websocket:evict".into(),
+        }
+    }
+}
+
+/// `[routes.websocket]`: the route takes WebSocket upgrades. Without it, an `Upgrade` header
+/// is removed and the backend answers a plain HTTP request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteWebSocketConf {
+    /// Where the upgrade request's token may come from, tried in this order: `header`
+    /// (`Authorization: Bearer`), `query` (`?access_token=`, for browsers, which cannot set
+    /// headers on a WebSocket) and `subprotocol`. Default: `["header"]`.
+    #[serde(default = "default_token_from")]
+    pub token_from: Vec<TokenSource>,
+}
+
+fn default_token_from() -> Vec<TokenSource> {
+    vec![TokenSource::Header]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    Header,
+    Query,
+    Subprotocol,
 }
 
 /// `[logging]`: where the JSON-lines logs go: `"stdout"`, `"stderr"`, `"off"`, or a file path
@@ -734,6 +815,8 @@ pub struct RouteConf {
     pub callers: Option<RouteCallers>,
     /// Tiers' `group_limits` for this name apply to this route.
     pub limit_group: Option<String>,
+    /// `[routes.websocket]`: take WebSocket upgrades on this route.
+    pub websocket: Option<RouteWebSocketConf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

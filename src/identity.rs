@@ -150,7 +150,7 @@ mod tests {
             tenant: None,
             roles: vec!["agent".into(), "admin".into()],
             scopes: vec![],
-            expires_at: None,
+            valid_until: None,
             extra: Vec::new(),
         }
     }

@@ -24,3 +24,4 @@ pub mod snapshot;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod websocket;

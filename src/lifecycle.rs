@@ -19,6 +19,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
+use crate::websocket::registry::Registry;
 
 /// What the process is doing, as probes see it.
 #[derive(Debug, Default)]
@@ -88,14 +89,17 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// After the listeners close, exits as soon as no request is in flight, logs flushed.
+/// After the listeners close, exits as soon as no request is in flight, logs flushed. Open
+/// WebSockets are told to reconnect elsewhere (Close 1001) rather than cut at the end of the
+/// grace period.
 pub struct Exit {
     config: SharedSnapshot,
+    websockets: Arc<Registry>,
 }
 
 impl Exit {
-    pub fn new(config: SharedSnapshot) -> Self {
-        Self { config }
+    pub fn new(config: SharedSnapshot, websockets: Arc<Registry>) -> Self {
+        Self { config, websockets }
     }
 }
 
@@ -106,6 +110,10 @@ impl BackgroundService for Exit {
             return;
         }
         let started = Instant::now();
+        let closing = self.websockets.close_all();
+        if closing > 0 {
+            log::info!("closing {closing} websockets");
+        }
         // A request read just as the listeners closed has a moment to register.
         tokio::time::sleep(Duration::from_millis(100)).await;
         while metrics::in_flight().get() > 0 {

@@ -20,6 +20,8 @@ use portcullis::proxy::Gateway;
 use portcullis::reload::{catch_sighup, Reloader};
 use portcullis::snapshot::Snapshot;
 use portcullis::token::{self, TokenSpec};
+use portcullis::websocket::eviction::Eviction;
+use portcullis::websocket::registry::Registry;
 
 /// Portcullis: an API security gateway.
 ///
@@ -228,9 +230,11 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    let websockets = Arc::new(Registry::default());
+    let eviction = Eviction::new(websockets.clone(), shared.clone());
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(shared.clone()),
+        Gateway::new(shared.clone(), websockets.clone()),
         "portcullis",
     );
     for addr in &settings.listen {
@@ -258,7 +262,7 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     if let Some(addr) = settings.admin_listen {
         let mut admin = Service::new(
             "admin".into(),
-            Admin::new(shared.clone(), lifecycle.clone()),
+            Admin::new(shared.clone(), lifecycle.clone(), eviction.clone()),
         );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
@@ -269,7 +273,11 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         Reloader::new(path.clone(), shared.clone(), hangup),
     ));
     server.add_service(background_service("ready", Ready::new(listeners)));
-    server.add_service(background_service("exit", Exit::new(shared.clone())));
+    server.add_service(background_service("websocket evictions", eviction));
+    server.add_service(background_service(
+        "exit",
+        Exit::new(shared.clone(), websockets),
+    ));
     log::info!(
         "portcullis {} serving {}",
         env!("CARGO_PKG_VERSION"),

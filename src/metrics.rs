@@ -148,6 +148,31 @@ static WEBSOCKETS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
+static WEBSOCKETS_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "websockets_closed_total",
+        "WebSocket connections ended, by reason: expired, renewal_rejected, evicted, shutdown, \
+         client, backend.",
+        &["reason"],
+    )
+});
+
+static WEBSOCKET_RENEWALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "websocket_renewals_total",
+        "In-band token renewals, by outcome: ok, or why the renewal was refused.",
+        &["outcome"],
+    )
+});
+
+static WEBSOCKET_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "websocket_eviction_orders_total",
+        "Eviction orders received, by origin: admin (this instance) or redis (another one).",
+        &["origin"],
+    )
+});
+
 static IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
     int_gauge(
         "requests_in_flight",
@@ -248,6 +273,18 @@ pub fn rate_limit_evictions(table: &str) -> IntCounter {
 
 pub fn websockets_open() -> &'static IntGauge {
     &WEBSOCKETS_OPEN
+}
+
+pub fn websocket_closed(reason: &str) {
+    WEBSOCKETS_CLOSED.with_label_values(&[reason]).inc();
+}
+
+pub fn websocket_renewal(outcome: &str) {
+    WEBSOCKET_RENEWALS.with_label_values(&[outcome]).inc();
+}
+
+pub fn websocket_eviction_order(origin: &str) {
+    WEBSOCKET_EVICTIONS.with_label_values(&[origin]).inc();
 }
 
 pub fn in_flight() -> &'static IntGauge {

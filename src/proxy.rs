@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::header::HOST;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -28,14 +30,23 @@ use crate::route;
 use crate::snapshot::{Action, Route, SharedSnapshot, Snapshot};
 use crate::tls::{self, ClientCert};
 use crate::upstream::UpstreamId;
+use crate::websocket::{self, handshake, registry::Registry, Relay, Renew};
 
 pub struct Gateway {
     config: SharedSnapshot,
+    /// Open WebSockets, for eviction and shutdown.
+    websockets: Arc<Registry>,
+    /// Connects to upstreams for the WebSockets the gateway relays itself.
+    connector: TransportConnector,
 }
 
 impl Gateway {
-    pub fn new(config: SharedSnapshot) -> Self {
-        Self { config }
+    pub fn new(config: SharedSnapshot, websockets: Arc<Registry>) -> Self {
+        Self {
+            config,
+            websockets,
+            connector: TransportConnector::new(None),
+        }
     }
 }
 
@@ -214,15 +225,22 @@ async fn admit<'s>(
     let principal: Option<Principal> = match route.access {
         Access::Public => None,
         Access::Authenticated => {
-            let token = bearer_token(req).inspect_err(|e| metrics::authentication(e.reason()));
+            let token = match &route.websocket {
+                // Browsers cannot set headers on a WebSocket: the route says where else to look.
+                Some(sources) if handshake::is_websocket(req) => {
+                    handshake::token(req, sources, &snap.websocket)
+                }
+                _ => bearer_token(req).map(Cow::Borrowed),
+            };
+            let token = token.inspect_err(|e| metrics::authentication(e.reason()));
             let token = token.map_err(Rejection::Unauthorized)?;
             if snap.logs.audit.is_some() {
-                ctx.token_id = Some(logs::token_fingerprint(token));
+                ctx.token_id = Some(logs::token_fingerprint(&token));
             }
             let principal = snap
                 .authenticator
                 .authenticate(
-                    token,
+                    &token,
                     route.issuers.as_deref(),
                     ctx.downstream.cert.as_ref().map(|c| c.sha256.as_slice()),
                 )
@@ -297,6 +315,178 @@ async fn admit_caller<'s>(
     })
 }
 
+/// What the backend is told besides the client's request: the verified identity, the
+/// request id, and the path as it was routed.
+fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    ctx.snapshot
+        .identity
+        .apply(req, ctx.identity.as_ref(), ctx.downstream.cert.as_ref())?;
+    req.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+    if let Some(path) = ctx.normalized_path.take() {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri = http::Uri::try_from(uri).map_err(|e| {
+            Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
+        })?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// Validates renewal tokens of one WebSocket against the config current at the time.
+struct Renewal {
+    config: SharedSnapshot,
+    host: Option<String>,
+    path: String,
+    subject: String,
+    tenant: Option<String>,
+    cert: Option<Vec<u8>>,
+}
+
+#[async_trait]
+impl Renew for Renewal {
+    async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str> {
+        let snap = self.config.load_full();
+        let route = snap
+            .router
+            .find_index(self.host.as_deref(), &self.path, &http::Method::GET)
+            .and_then(|i| snap.router.routes().get(i))
+            .filter(|r| r.access == Access::Authenticated)
+            .ok_or("no_route")?;
+        let principal = snap
+            .authenticator
+            .authenticate(token, route.issuers.as_deref(), self.cert.as_deref())
+            .await
+            .map_err(AuthError::reason)?;
+        if principal.subject != self.subject || principal.tenant != self.tenant {
+            return Err("other_subject");
+        }
+        route
+            .policy
+            .authorize(&http::Method::GET, &principal)
+            .map_err(|e| e.reason())?;
+        Ok(websocket::deadline(principal.valid_until))
+    }
+}
+
+impl Gateway {
+    /// Serves a WebSocket upgrade to the end of the connection: the gateway connects to the
+    /// backend itself, so it can close both sides when the token expires.
+    async fn websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let snap = ctx.snapshot.clone();
+        let id = ctx.upstream.ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "websocket reached unadmitted")
+        })?;
+        let upstream = &snap.upstreams[id];
+        let mut req = session.req_header().clone();
+        prepare_upstream_request(&mut req, ctx)?;
+        handshake::upstream_request(&mut req, &snap.websocket)?;
+
+        // Connect as a proxied request would: another target while attempts are left.
+        let (stream, peer) = loop {
+            let target = upstream.pick(ctx.affinity.as_deref().map(str::as_bytes));
+            let Some(target) = target else {
+                return self.upstream_failed(session, ctx, 503).await;
+            };
+            ctx.target = Some(target);
+            let peer = upstream.peer(target, None);
+            match self.connector.new_stream(&peer).await {
+                Ok(stream) => break (stream, peer),
+                Err(e) => {
+                    upstream.eject(target);
+                    log::warn!("upstream {peer}: {e}");
+                    if ctx.retries_left == 0 {
+                        return self.upstream_failed(session, ctx, 502).await;
+                    }
+                    ctx.retries_left -= 1;
+                }
+            }
+        };
+        let mut backend = UpstreamSession::new_with_options(stream, &peer);
+        let answered = async {
+            backend.write_request_header(Box::new(req)).await?;
+            backend.read_response().await
+        };
+        if let Err(e) = answered.await {
+            log::warn!("upstream {peer}: websocket handshake: {e}");
+            let status = UpstreamFailure::classify(&e).status();
+            return self.upstream_failed(session, ctx, status.max(502)).await;
+        }
+        let Some(mut resp) = backend.resp_header().cloned() else {
+            return self.upstream_failed(session, ctx, 502).await;
+        };
+        for (name, value) in ctx.quota_headers() {
+            resp.insert_header(name, value)?;
+        }
+        resp.insert_header(request_id::HEADER, ctx.request_id.clone())?;
+
+        if !backend.was_upgraded() {
+            // The backend refused the upgrade: its answer goes to the client as it is.
+            session.write_response_header(Box::new(resp), false).await?;
+            while let Some(body) = backend.read_body_bytes().await? {
+                session.write_response_body(Some(body), false).await?;
+            }
+            return session.write_response_body(None, true).await;
+        }
+        let deflate = handshake::client_response(&mut resp, session.req_header(), &snap.websocket)?;
+        // Frames the backend sent along with its 101.
+        let first = match futures_util::FutureExt::now_or_never(backend.read_body_bytes()) {
+            Some(Ok(Some(bytes))) => bytes,
+            _ => bytes::Bytes::new(),
+        };
+        session.write_response_header(Box::new(resp), false).await?;
+        ctx.websocket = Some(Held::new(metrics::websockets_open()));
+
+        let principal = ctx.principal.as_ref();
+        let renewal = Renewal {
+            config: self.config.clone(),
+            host: session
+                .req_header()
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned),
+            path: route::normalize(session.req_header().uri.path())
+                .map_err(|e| Error::because(ErrorType::InternalError, "path", e))?
+                .into_owned(),
+            subject: principal.map(|p| p.subject.clone()).unwrap_or_default(),
+            tenant: principal.and_then(|p| p.tenant.clone()),
+            cert: ctx.downstream.cert.as_ref().map(|c| c.sha256.clone()),
+        };
+        let mut settings = snap.websocket.clone();
+        if principal.is_none() {
+            // Nothing to renew on a public route: every message goes through.
+            settings.renewal.max_bytes = 0;
+        }
+        let relay = Relay::new(
+            &settings,
+            deflate,
+            principal.and_then(|p| websocket::deadline(p.valid_until)),
+            self.websockets.register(&renewal.subject),
+            &renewal,
+        );
+        let ending = relay.run(session, backend.into_inner(), first).await;
+        log::debug!("websocket {} ended: {}", ctx.request_id.to_str().unwrap_or("-"), ending.label());
+        Ok(())
+    }
+
+    async fn upstream_failed(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        status: u16,
+    ) -> Result<()> {
+        let mut reply = ctx.snapshot.responses.upstream_failure(status);
+        reply.headers.push((
+            http::HeaderName::from_static(request_id::HEADER),
+            ctx.request_id.clone(),
+        ));
+        reply.send(session).await
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -340,6 +530,14 @@ impl ProxyHttp for Gateway {
                 ctx.upstream = Some(upstream);
                 ctx.identity = identity;
                 ctx.retries_left = snap.upstreams[upstream].retries;
+                let takes_websockets = ctx
+                    .route
+                    .and_then(|i| snap.router.routes().get(i))
+                    .is_some_and(|r| r.websocket.is_some());
+                if takes_websockets && handshake::is_websocket(session.req_header()) {
+                    self.websocket(session, ctx).await?;
+                    return Ok(true);
+                }
                 return Ok(false);
             }
             Ok(Admitted::Respond(reply)) => reply.clone(),
@@ -391,23 +589,11 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.snapshot.identity.apply(
-            upstream_request,
-            ctx.identity.as_ref(),
-            ctx.downstream.cert.as_ref(),
-        )?;
-        upstream_request.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        if let Some(path) = ctx.normalized_path.take() {
-            let uri = match upstream_request.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            let uri = http::Uri::try_from(uri).map_err(|e| {
-                Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
-            })?;
-            upstream_request.set_uri(uri);
+        // Upgrades other than the WebSockets relayed above: the backend answers plain HTTP.
+        if handshake::has_upgrade(upstream_request) {
+            handshake::strip_upgrade(upstream_request);
         }
-        Ok(())
+        prepare_upstream_request(upstream_request, ctx)
     }
 
     fn fail_to_connect(
@@ -483,11 +669,6 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header(name, value)?;
         }
         upstream_response.insert_header(request_id::HEADER, ctx.request_id.clone())?;
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // A WebSocket lives as long as its token allows, not as long as one exchange.
-            ctx.deadline = None;
-            ctx.websocket = Some(Held::new(metrics::websockets_open()));
-        }
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use crate::authenticate::{
 use crate::authorize::{Policy, Rule};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{
+    TokenSource,
     self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile,
 };
 use crate::identity::IdentityHeaders;
@@ -30,6 +31,7 @@ use crate::respond::{Reply, Responses};
 use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
 use crate::tls::EdgeTls;
 use crate::upstream::{Upstream, UpstreamId};
+use crate::websocket;
 
 /// The config the gateway currently serves, swapped atomically as a whole.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -51,6 +53,8 @@ pub struct Route {
     pub policy: Policy,
     pub limit_group: Option<GroupId>,
     pub action: Action,
+    /// Where a WebSocket upgrade's token may come from; `None`: the route takes no upgrades.
+    pub websocket: Option<Vec<TokenSource>>,
 }
 
 /// Settings that take effect only at start.
@@ -81,6 +85,7 @@ pub struct Snapshot {
     pub identity: IdentityHeaders,
     pub client_ip: ClientIpResolver,
     pub rate_limiter: RateLimiter,
+    pub websocket: websocket::Settings,
     /// Where the logs go, as configured.
     pub logging: (Destination, Destination),
     /// The open logs; empty until [`Snapshot::open_logs`].
@@ -159,6 +164,13 @@ impl Snapshot {
             previous.map(|p| &p.rate_limiter),
         )?;
 
+        let rate_limit_redis = config.rate_limit.redis.as_ref();
+        let websocket = websocket::Settings::compile(
+            &config.websocket,
+            rate_limit_redis.map(|r| r.get_ref().url.as_str()),
+        )
+        .map_err(|(field, e)| c.at_key("websocket", &format!("websocket.{field}: {e}")))?;
+
         let mut router = Router::default();
         for (i, route) in config.routes.iter().enumerate() {
             c.route(i, route, &issuer_ids, &upstream_ids, &groups, &mut router)?;
@@ -174,6 +186,7 @@ impl Snapshot {
             identity,
             client_ip,
             rate_limiter,
+            websocket,
             logging: (
                 Destination::parse(&config.logging.access_log, |p| c.relative(p)),
                 Destination::parse(&config.logging.audit_log, |p| c.relative(p)),
@@ -666,6 +679,20 @@ impl Compiler<'_> {
             }
         };
 
+        let websocket = match &r.websocket {
+            None => None,
+            Some(_) if matches!(action, Action::Respond(_)) => {
+                return Err(err("websocket", "WebSockets need an `upstream`"));
+            }
+            Some(ws) if ws.token_from.is_empty() => {
+                return Err(err("websocket", "token_from needs at least one source"));
+            }
+            Some(ws) if r.access == Access::Public && ws.token_from != [TokenSource::Header] => {
+                return Err(err("websocket", "a public route reads no token: leave out token_from"));
+            }
+            Some(ws) => Some(ws.token_from.clone()),
+        };
+
         let route = Route {
             name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
             access: r.access,
@@ -676,6 +703,7 @@ impl Compiler<'_> {
                 .as_deref()
                 .and_then(|g| groups.get(g).copied()),
             action,
+            websocket,
         };
         let key_in_table = RouteKey {
             host: host.as_deref(),

@@ -37,8 +37,9 @@ pub struct Principal {
     pub tenant: Option<String>,
     pub roles: Vec<String>,
     pub scopes: Vec<String>,
-    /// `exp`, seconds since the epoch; `None` for a non-expiring token.
-    pub expires_at: Option<u64>,
+    /// Until when the token is accepted, seconds since the epoch: its `exp` plus the issuer's
+    /// clock skew. `None` for a non-expiring token.
+    pub valid_until: Option<u64>,
     /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
     pub extra: Vec<Option<String>>,
 }
@@ -292,7 +293,7 @@ impl Authenticator {
             tenant: identity.tenant,
             roles: identity.roles,
             scopes: identity.scopes,
-            expires_at,
+            valid_until: expires_at.map(|exp| exp.saturating_add(issuer.leeway_secs)),
             extra,
         })
     }

@@ -1,0 +1,172 @@
+//! Ending a subject's WebSockets on demand (logout), here and on every other gateway instance.
+//!
+//! The admin endpoint evicts locally and publishes the order on a Redis channel; every
+//! instance subscribes to it and evicts its own connections of that subject. An instance
+//! ignores the orders it published itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+
+use super::registry::Registry;
+use crate::metrics;
+use crate::snapshot::SharedSnapshot;
+
+/// The longest wait for Redis when publishing an order.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before subscribing again after Redis went away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Serialize, Deserialize)]
+struct OrderMessage<'a> {
+    subject: &'a str,
+    /// The instance that published it.
+    origin: &'a str,
+}
+
+#[derive(Clone)]
+pub struct Eviction {
+    registry: Arc<Registry>,
+    config: SharedSnapshot,
+    /// This instance, as its published orders name it.
+    origin: Arc<str>,
+}
+
+/// What an eviction did.
+#[derive(Debug, Serialize)]
+pub struct Evicted {
+    /// Connections of the subject this instance closed.
+    pub closed: usize,
+    /// Whether other instances were told: `None` without Redis.
+    pub published: Option<bool>,
+}
+
+impl Eviction {
+    pub fn new(registry: Arc<Registry>, config: SharedSnapshot) -> Self {
+        Self {
+            registry,
+            config,
+            origin: uuid::Uuid::new_v4().to_string().into(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Ends `subject`'s connections here and, with Redis, on the other instances.
+    pub async fn evict(&self, subject: &str) -> Evicted {
+        metrics::websocket_eviction_order("admin");
+        let closed = self.registry.evict(subject);
+        let settings = self.config.load().websocket.clone();
+        let Some(url) = settings.redis_url else {
+            return Evicted {
+                closed,
+                published: None,
+            };
+        };
+        let message = serde_json::json!(OrderMessage {
+            subject,
+            origin: &self.origin,
+        })
+        .to_string();
+        let publish = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PUBLISH")
+                .arg(&settings.eviction_channel)
+                .arg(message)
+                .query_async::<i64>(&mut conn)
+                .await
+        };
+        let published = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                log::error!("websocket eviction of {subject:?} not published: {e}");
+                false
+            }
+            Err(_) => {
+                log::error!("websocket eviction of {subject:?} not published: Redis timed out");
+                false
+            }
+        };
+        Evicted {
+            closed,
+            published: Some(published),
+        }
+    }
+
+    /// Follows the channel until Redis goes away or the config names another one.
+    async fn follow(&self, url: &str, channel: &str) -> redis::RedisResult<()> {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        log::info!("websocket evictions: subscribed to {channel:?}");
+        let mut messages = pubsub.on_message();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return Ok(());
+                    };
+                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
+                    match serde_json::from_slice::<OrderMessage>(&payload) {
+                        Ok(order) if *order.origin == *self.origin => {}
+                        Ok(order) => {
+                            metrics::websocket_eviction_order("redis");
+                            let closed = self.registry.evict(order.subject);
+                            log::info!(
+                                "websocket eviction of {:?} from instance {}: {closed} closed here",
+                                order.subject,
+                                order.origin
+                            );
+                        }
+                        Err(e) => log::warn!("websocket evictions: unreadable order: {e}"),
+                    }
+                }
+                _ = tick.tick() => {
+                    let settings = &self.config.load().websocket;
+                    if settings.redis_url.as_deref() != Some(url) || settings.eviction_channel != channel {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Eviction {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let settings = self.config.load().websocket.clone();
+            let followed = async {
+                match &settings.redis_url {
+                    Some(url) => self.follow(url, &settings.eviction_channel).await,
+                    None => {
+                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                        Ok(())
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                followed = followed => {
+                    if let Err(e) = followed {
+                        log::warn!("websocket evictions: Redis subscription lost: {e}");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! WebSockets that end when their token does.
+//!
+//! The gateway holds both sides of an upgraded connection itself: it forwards every frame as
+//! it came, takes out the client's renewal messages, and when the token expires, the
+//! connection is evicted or the gateway shuts down, it writes a Close frame to both sides
+//! (to the backend masked, as a client would) and waits briefly for the closing handshake.
+//!
+//! Close codes the client receives:
+//!
+//! | code | reason              | when                                                  |
+//! |------|---------------------|-------------------------------------------------------|
+//! | 4001 | `token expired`     | the token's `exp` (plus the issuer's clock skew) passed |
+//! | 4002 | `renewal rejected`  | a renewal token was invalid, not allowed on the route, or of another subject or tenant |
+//! | 4003 | `evicted`           | an operator ended the subject's connections            |
+//! | 1001 | `gateway shutting down` | the gateway stops or hands over to a new process   |
+
+pub mod eviction;
+pub mod frame;
+pub mod handshake;
+pub mod inband;
+pub mod registry;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::Stream;
+use pingora_proxy::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::metrics;
+pub use handshake::Settings;
+use inband::{ClientStream, Event};
+use registry::{Order, Ticket};
+
+/// How a connection ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Expired,
+    RenewalRejected,
+    Evicted,
+    Shutdown,
+    /// The client closed it (a Close frame, or the connection).
+    Client,
+    /// The backend closed it.
+    Backend,
+}
+
+impl Ending {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::RenewalRejected => "renewal_rejected",
+            Self::Evicted => "evicted",
+            Self::Shutdown => "shutdown",
+            Self::Client => "client",
+            Self::Backend => "backend",
+        }
+    }
+
+    /// The Close frame the gateway sends when it ends the connection itself.
+    fn close(self) -> Option<(u16, &'static str)> {
+        match self {
+            Self::Expired => Some((4001, "token expired")),
+            Self::RenewalRejected => Some((4002, "renewal rejected")),
+            Self::Evicted => Some((4003, "evicted")),
+            Self::Shutdown => Some((1001, "gateway shutting down")),
+            Self::Client | Self::Backend => None,
+        }
+    }
+}
+
+/// Validates a renewal token for the connection it arrives on.
+#[async_trait]
+pub trait Renew: Send + Sync {
+    /// The new deadline (`None`: the token does not expire), or why the renewal is refused.
+    async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str>;
+}
+
+/// The instant a token valid until `until` (seconds since the epoch) stops being accepted.
+pub fn deadline(until: Option<u64>) -> Option<Instant> {
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(until?);
+    let left = until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(Instant::now() + left)
+}
+
+/// What the relay needs besides the two connections.
+pub struct Relay<'a> {
+    settings: &'a Settings,
+    /// permessage-deflate was negotiated (the client without context takeover).
+    deflate: bool,
+    deadline: Option<Instant>,
+    /// The deadline is now because a renewal was refused.
+    rejected: bool,
+    ticket: Ticket,
+    renew: &'a dyn Renew,
+}
+
+/// Which side still takes frames from the gateway once the relay stops.
+struct Sides {
+    client_clean: bool,
+    backend_clean: bool,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(
+        settings: &'a Settings,
+        deflate: bool,
+        deadline: Option<Instant>,
+        ticket: Ticket,
+        renew: &'a dyn Renew,
+    ) -> Self {
+        Self {
+            settings,
+            deflate,
+            deadline,
+            rejected: false,
+            ticket,
+            renew,
+        }
+    }
+
+    /// Relays an upgraded connection until one side ends it or the gateway does. `first` is
+    /// what the backend sent right after its 101.
+    pub async fn run(mut self, session: &mut Session, upstream: Stream, first: Bytes) -> Ending {
+        // The connection lives by its token, not by Pingora's idle read timeout.
+        session.set_read_timeout(None);
+        let (mut up_read, mut up_write) = tokio::io::split(upstream);
+        let mut client = ClientStream::new(self.settings.renewal.clone(), self.deflate);
+        let mut backend = frame::Position::default();
+        let mut to_backend = BytesMut::new();
+        let mut to_client = BytesMut::new();
+        let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        let mut events = Vec::new();
+        let mut unflushed = false;
+        // Who sent the first Close frame, when one side starts the closing handshake.
+        let mut closing: Option<Ending> = None;
+        let mut backend_closes = false;
+        backend.feed(&first, |p| backend_closes |= is_close(&p));
+        to_client.extend_from_slice(&first);
+
+        let (ending, mut sides) = loop {
+            if backend_closes {
+                closing.get_or_insert(Ending::Backend);
+                backend_closes = false;
+            }
+            if !to_client.is_empty() {
+                let data = to_client.split().freeze();
+                tokio::select! {
+                    biased;
+                    ending = self.ordered() => break (ending, Sides { client_clean: false, backend_clean: true }),
+                    written = session.write_response_body(Some(data), false) => {
+                        if written.is_err() {
+                            break (Ending::Client, Sides { client_clean: false, backend_clean: true });
+                        }
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                ending = self.ordered() => break (ending, Sides { client_clean: true, backend_clean: true }),
+                read = session.read_request_body(), if to_backend.is_empty() => {
+                    let Ok(Some(data)) = read else {
+                        break (closing.unwrap_or(Ending::Client), Sides { client_clean: false, backend_clean: true });
+                    };
+                    client.push(&data, &mut to_backend, &mut events);
+                    for event in events.drain(..) {
+                        match event {
+                            Event::Close(_) => {
+                                closing.get_or_insert(Ending::Client);
+                            }
+                            Event::Renewal(token) => match self.renew.renew(&token).await {
+                                Ok(deadline) => {
+                                    metrics::websocket_renewal("ok");
+                                    self.deadline = deadline;
+                                }
+                                Err(reason) => {
+                                    metrics::websocket_renewal(reason);
+                                    log::info!("websocket renewal refused: {reason}");
+                                    self.deadline = Some(Instant::now());
+                                    self.rejected = true;
+                                }
+                            },
+                        }
+                    }
+                }
+                // One branch for both: they need the write half at once.
+                sent = async {
+                    if to_backend.is_empty() {
+                        up_write.flush().await.map(|()| None)
+                    } else {
+                        up_write.write(&to_backend).await.map(Some)
+                    }
+                }, if unflushed || !to_backend.is_empty() => match sent {
+                    Ok(None) => unflushed = false,
+                    Ok(Some(n)) if n > 0 => {
+                        let _ = to_backend.split_to(n);
+                        unflushed = true;
+                    }
+                    _ => break (closing.unwrap_or(Ending::Backend), Sides { client_clean: true, backend_clean: false }),
+                },
+                read = up_read.read_buf(&mut from_backend) => match read {
+                    Ok(n) if n > 0 => {
+                        let data = from_backend.split();
+                        backend.feed(&data, |p| backend_closes |= is_close(&p));
+                        to_client.extend_from_slice(&data);
+                        if from_backend.capacity() < 4096 {
+                            from_backend.reserve(16 * 1024);
+                        }
+                    }
+                    _ => break (closing.unwrap_or(Ending::Backend), Sides { client_clean: true, backend_clean: false }),
+                },
+            }
+        };
+        sides.client_clean &= backend.at_boundary();
+        sides.backend_clean &= client.forwarded_boundary() && to_backend.is_empty() && !unflushed;
+        if let Some((code, reason)) = ending.close() {
+            self.close(session, &mut up_write, sides, code, reason)
+                .await;
+        }
+        metrics::websocket_closed(ending.label());
+        ending
+    }
+
+    /// Resolves when the gateway must end the connection, and says why.
+    async fn ordered(&self) -> Ending {
+        let expiry = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            order = self.ticket.ordered() => match order {
+                Order::Evict => Ending::Evicted,
+                Order::Shutdown => Ending::Shutdown,
+            },
+            () = expiry => if self.rejected { Ending::RenewalRejected } else { Ending::Expired },
+        }
+    }
+
+    /// The gateway's side of the closing handshake: a Close frame to each side that is at a
+    /// frame boundary, then a bounded wait for the client's answer and the backend's close.
+    async fn close(
+        &self,
+        session: &mut Session,
+        up_write: &mut (impl AsyncWriteExt + Unpin),
+        sides: Sides,
+        code: u16,
+        reason: &str,
+    ) {
+        let to_client = async {
+            if !sides.client_clean {
+                return;
+            }
+            let frame = frame::close(code, reason, None).freeze();
+            if session.write_response_body(Some(frame), false).await.is_err() {
+                return;
+            }
+            // Until the client's Close frame (or its hang-up); data still in flight is dropped.
+            let mut answer = ClientStream::new(self.settings.renewal.clone(), false);
+            let (mut sink, mut events) = (BytesMut::new(), Vec::new());
+            while let Ok(Some(data)) = session.read_request_body().await {
+                answer.push(&data, &mut sink, &mut events);
+                sink.clear();
+                if events.iter().any(|e| matches!(e, Event::Close(_))) {
+                    return;
+                }
+            }
+        };
+        let to_backend = async {
+            if sides.backend_clean {
+                let mask = uuid::Uuid::new_v4().into_bytes();
+                let frame = frame::close(code, reason, Some([mask[0], mask[1], mask[2], mask[3]]));
+                if up_write.write_all(&frame).await.is_ok() {
+                    let _ = up_write.flush().await;
+                }
+            }
+            let _ = up_write.shutdown().await;
+        };
+        let _ = tokio::time::timeout(self.settings.close_timeout, async {
+            tokio::join!(to_client, to_backend)
+        })
+        .await;
+    }
+}
+
+fn is_close(piece: &frame::Piece<'_>) -> bool {
+    matches!(piece, frame::Piece::Header(h, _) if h.opcode == frame::OP_CLOSE)
+}
