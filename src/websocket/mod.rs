@@ -217,11 +217,11 @@ impl<'a> Relay<'a> {
         };
         sides.client_clean &= backend.at_boundary();
         sides.backend_clean &= client.forwarded_boundary() && to_backend.is_empty() && !unflushed;
+        metrics::websocket_closed(ending.label());
         if let Some((code, reason)) = ending.close() {
             self.close(session, &mut up_write, sides, code, reason)
                 .await;
         }
-        metrics::websocket_closed(ending.label());
         ending
     }
 
