@@ -15,6 +15,7 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # shared rate limits
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)  # deflate WebSocket peers
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the unit file
 if [ ${#missing[@]} -gt 0 ]; then

@@ -535,3 +535,81 @@ async fn frames_pass_through_intact() {
     let (code, reason, _) = close_of(&mut ws, Duration::from_secs(3)).await;
     assert_eq!((code, reason.as_str()), (1000, "bye"));
 }
+
+/// Debian's interpreter, where `python3-websockets` is installed.
+fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+#[tokio::test]
+async fn renewal_works_with_permessage_deflate_from_a_python_client() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("backend.log");
+    let script = common::repo_path("tests/support/ws_fixture.py");
+    let server_script = script.clone();
+    let _server = common::Proc(
+        std::process::Command::new(python())
+            .arg(&server_script)
+            .args(["server", &port.to_string()])
+            .arg(&log)
+            .spawn()
+            .expect("python3 with websockets"),
+    );
+    common::wait_for_port(port, "python websocket backend");
+    let gw = Gateway::start(&config(port, ""));
+    let first = user_token("alice", "agency-7", "2s");
+    let second = user_token("alice", "agency-7", "4s");
+    let url = format!("ws://127.0.0.1:{}/ws", gw.port);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python())
+            .arg(&script)
+            .args(["renew", &url, &first, &second])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run the python client");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let extensions = report["extensions"].as_str().unwrap_or_default();
+    assert!(
+        extensions.contains("permessage-deflate") && extensions.contains("client_no_context_takeover"),
+        "negotiated: {extensions:?}"
+    );
+    assert_eq!(
+        report["echoes"],
+        serde_json::json!(["hello", "after", "past the first expiry"])
+    );
+    assert_eq!(report["close_code"], 4001);
+    let late = report["closed_after_exp"].as_f64().expect("closed");
+    assert!((0.0..1.0).contains(&late), "closed {late:.3} s after exp");
+    let seen = std::fs::read_to_string(&log).expect("backend log");
+    assert!(!seen.contains("access_token"), "the renewal reached the backend: {seen}");
+    assert_eq!(seen.lines().count(), 3, "{seen}");
+}
+
+#[tokio::test]
+async fn shutdown_tells_websockets_to_reconnect_elsewhere() {
+    let backend = Backend::start().await;
+    let mut gw = Gateway::start_with("drain_delay = \"0s\"", &config(backend.port, ""), &[]);
+    let mut ws = open(&gw, &user_token("alice", "agency-7", "1h")).await;
+    round_trip(&mut ws, "hi").await;
+    gw.signal("TERM");
+    let (code, reason, _) = close_of(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (1001, "gateway shutting down"));
+    let exit = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
+        .await
+        .expect("join");
+    assert_eq!(exit, Some(0), "the gateway exited once the websocket closed");
+    wait_for(|| backend.last().ended, "the backend's side to close").await;
+    assert_eq!(backend.last().close.map(|c| c.0), Some(1001));
+}

@@ -33,6 +33,10 @@ pub use handshake::Settings;
 use inband::{ClientStream, Event};
 use registry::{Order, Ticket};
 
+/// Read buffer for the backend side while messages are small, and once it streams.
+const IDLE_READ: usize = 4 * 1024;
+const BULK_READ: usize = 64 * 1024;
+
 /// How a connection ended, as the metrics count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -132,7 +136,7 @@ impl<'a> Relay<'a> {
         let mut backend = frame::Position::default();
         let mut to_backend = BytesMut::new();
         let mut to_client = BytesMut::new();
-        let mut from_backend = BytesMut::with_capacity(16 * 1024);
+        let mut from_backend = BytesMut::with_capacity(IDLE_READ);
         let mut events = Vec::new();
         let mut unflushed = false;
         // Who sent the first Close frame, when one side starts the closing handshake.
@@ -204,11 +208,13 @@ impl<'a> Relay<'a> {
                 },
                 read = up_read.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
-                        let data = from_backend.split();
-                        backend.feed(&data, |p| backend_closes |= is_close(&p));
-                        to_client.extend_from_slice(&data);
-                        if from_backend.capacity() < 4096 {
-                            from_backend.reserve(16 * 1024);
+                        let filled = from_backend.len() == from_backend.capacity();
+                        to_client = from_backend.split();
+                        backend.feed(&to_client, |p| backend_closes |= is_close(&p));
+                        // Small while idle (it is held by every open connection), large
+                        // while the backend streams.
+                        if from_backend.capacity() < 1024 {
+                            from_backend.reserve(if filled { BULK_READ } else { IDLE_READ });
                         }
                     }
                     _ => break (closing.unwrap_or(Ending::Backend), Sides { client_clean: true, backend_clean: false }),

@@ -1,0 +1,302 @@
+//! Many idle WebSockets through one gateway process, each closed when its token expires.
+//!
+//! Opens N connections (default 10,000; `WS_CONNECTIONS`) through the release gateway to an
+//! in-process echo backend, with tokens whose expiries are spread over 20 seconds, then
+//! reports the gateway's resident memory per connection, its CPU while they sit idle (against
+//! the same process idle with no connection, measured in this run), and the distribution of
+//! (Close frame received − token expiry) over all of them.
+//!
+//! Run through `benches/websocket_idle.sh`, which raises the open-file limit first.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::Algorithm;
+use portcullis::token::{load_key, mint, TokenSpec};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SPREAD_SECS: u64 = 20;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time the process used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    let hz: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / hz
+}
+
+/// CPU share of the process over `window`.
+async fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let before = cpu_secs(pid);
+    tokio::time::sleep(window).await;
+    (cpu_secs(pid) - before) / window.as_secs_f64()
+}
+
+/// The echo backend, run in a process of its own (this binary again): with the clients in
+/// the same process, the descriptors would not fit one process's limit.
+async fn echo_backend(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+    {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() {
+    if let Some(port) = std::env::var("WS_BENCH_BACKEND").ok().and_then(|p| p.parse().ok()) {
+        return echo_backend(port).await;
+    }
+    // `cargo bench` passes `--bench`; there is nothing to filter.
+    let n: usize = std::env::var("WS_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = free_port();
+    let mut backend_proc = Command::new(std::env::current_exe().expect("this binary"))
+        .env("WS_BENCH_BACKEND", backend.to_string())
+        .spawn()
+        .expect("start the backend");
+    wait_port(backend);
+    let port = free_port();
+    let fixtures = root.join("tests/fixtures");
+    let config = format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 2
+drain_delay = "0s"
+grace_period = "1s"
+pid_file = "{d}/pid"
+upgrade_sock = "{d}/upgrade.sock"
+
+[logging]
+access_log = "off"
+audit_log = "off"
+
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{f}/rsa-1.jwks.json"
+clock_skew = "0s"
+
+[upstreams.push]
+targets = ["127.0.0.1:{backend}"]
+
+[[routes]]
+path = "/ws"
+access = "authenticated"
+upstream = "push"
+
+[routes.websocket]
+"#,
+        d = dir.path().display(),
+        f = fixtures.display(),
+    );
+    let conf = dir.path().join("gateway.toml");
+    std::fs::write(&conf, config).expect("write config");
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "-c"])
+        .arg(&conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the gateway");
+    let pid = gateway.id();
+    wait_port(port);
+
+    // One token per expiry second, shared by the connections that expire then. The first
+    // expiry leaves time to open every connection and measure them idle.
+    let key = load_key(&fixtures.join("rsa-1.pem"), Algorithm::RS256).expect("fixture key");
+    let open_for = 30 + n as u64 / 500;
+    let tokens: Vec<(String, f64)> = (0..SPREAD_SECS)
+        .map(|k| {
+            let spec = TokenSpec {
+                alg: Algorithm::RS256,
+                kid: Some("rsa-1".into()),
+                typ: "at+jwt".into(),
+                issuer: "https://idp.test".into(),
+                audience: vec!["api".into()],
+                subject: format!("user-{k}"),
+                roles: vec!["agent".into()],
+                scope: None,
+                azp: None,
+                ttl: Some(Duration::from_secs(open_for + k)),
+                issued_ago: Duration::ZERO,
+                not_before_in: None,
+                claims: Vec::new(),
+            };
+            let token = mint(&key, &spec).expect("mint");
+            // `exp` is whole seconds: read it back rather than guess the rounding.
+            let payload = token.split('.').nth(1).unwrap_or_default();
+            let claims: serde_json::Value = base64_claims(payload);
+            (token, claims["exp"].as_f64().unwrap_or(0.0))
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_kib(pid);
+    let idle_empty = cpu_share(pid, Duration::from_secs(5)).await;
+
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(n);
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<bool>(n.max(1));
+    for i in 0..n {
+        let (token, exp) = tokens[i % tokens.len()].clone();
+        let gate = gate.clone();
+        let opened = opened_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut req = format!("ws://127.0.0.1:{port}/ws")
+                .into_client_request()
+                .ok()?;
+            let bearer = format!("Bearer {token}").parse().ok()?;
+            req.headers_mut().insert("authorization", bearer);
+            let permit = gate.acquire_owned().await.ok()?;
+            let connected = tokio_tungstenite::connect_async(req).await;
+            drop(permit);
+            let _ = opened.send(connected.is_ok()).await;
+            let (mut ws, _) = connected.ok()?;
+            while let Some(m) = ws.next().await {
+                if let Ok(Message::Close(frame)) = m {
+                    let code = frame.map(|f| u16::from(f.code));
+                    return Some((now() - exp, code));
+                }
+            }
+            None
+        }));
+    }
+    drop(opened_tx);
+    let mut failed = 0;
+    for _ in 0..n {
+        if opened_rx.recv().await != Some(true) {
+            failed += 1;
+        }
+    }
+    let open_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_open = rss_kib(pid);
+    let idle_open = cpu_share(pid, Duration::from_secs(10)).await;
+    let first_expiry = tokens.first().map_or(0.0, |t| t.1);
+    let left = first_expiry - now();
+
+    let mut lateness = Vec::with_capacity(n);
+    let mut wrong_code = 0;
+    for t in tasks {
+        match t.await.ok().flatten() {
+            Some((late, Some(4001))) => lateness.push(late),
+            Some(_) => wrong_code += 1,
+            None => {}
+        }
+    }
+    lateness.sort_by(|a, b| a.total_cmp(b));
+    for child in [&mut gateway, &mut backend_proc] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let per_conn = (rss_open.saturating_sub(rss_before)) as f64 / n.max(1) as f64;
+    println!("websocket_idle: {n} connections through one gateway process (2 threads)");
+    println!(
+        "  opened in {:.1} s ({failed} failed); first expiry {left:.1} s after the idle measurement",
+        open_time.as_secs_f64()
+    );
+    println!(
+        "  gateway RSS: {rss_before} KiB idle empty, {rss_open} KiB with {n} open: {per_conn:.1} KiB per connection"
+    );
+    println!(
+        "  gateway CPU while idle: {:.2} % of a core empty, {:.2} % with {n} open",
+        idle_empty * 100.0,
+        idle_open * 100.0
+    );
+    let within = lateness.iter().filter(|l| (0.0..1.0).contains(*l)).count();
+    println!(
+        "  close - expiry over {} closes with 4001 ({wrong_code} with another code): \
+         min {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; within [0, 1 s): {within}",
+        lateness.len(),
+        percentile(&lateness, 0.0) * 1000.0,
+        percentile(&lateness, 0.5) * 1000.0,
+        percentile(&lateness, 0.99) * 1000.0,
+        percentile(&lateness, 1.0) * 1000.0,
+    );
+    if failed > 0 || within != n {
+        std::process::exit(1);
+    }
+}
+
+fn base64_claims(payload: &str) -> serde_json::Value {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
