@@ -33,7 +33,7 @@ fn principal(i: usize) -> Principal {
         tenant: None,
         roles: vec!["agent".into()],
         scopes: Vec::new(),
-        expires_at: None,
+        valid_until: None,
         extra: Vec::new(),
     }
 }

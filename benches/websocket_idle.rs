@@ -111,7 +111,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    if let Some(port) = std::env::var("WS_BENCH_BACKEND").ok().and_then(|p| p.parse().ok()) {
+    if let Some(port) = std::env::var("WS_BENCH_BACKEND")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
         return echo_backend(port).await;
     }
     // `cargo bench` passes `--bench`; there is nothing to filter.

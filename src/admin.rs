@@ -67,7 +67,8 @@ impl Admin {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let e = serde_json::json!({"error": "unreadable_body", "detail": e.to_string()});
+                    let e =
+                        serde_json::json!({"error": "unreadable_body", "detail": e.to_string()});
                     return json(StatusCode::BAD_REQUEST, e);
                 }
             }
@@ -136,7 +137,11 @@ impl ServeHttp for Admin {
             }
             "/websockets" => {
                 let open = self.eviction.registry().len();
-                (StatusCode::OK, JSON, serde_json::json!({ "open": open }).to_string().into_bytes())
+                (
+                    StatusCode::OK,
+                    JSON,
+                    serde_json::json!({ "open": open }).to_string().into_bytes(),
+                )
             }
             "/websockets/evict" => {
                 let (status, body) = self.evict(session).await;

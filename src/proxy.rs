@@ -468,7 +468,11 @@ impl Gateway {
             &renewal,
         );
         let ending = relay.run(session, backend.into_inner(), first).await;
-        log::debug!("websocket {} ended: {}", ctx.request_id.to_str().unwrap_or("-"), ending.label());
+        log::debug!(
+            "websocket {} ended: {}",
+            ctx.request_id.to_str().unwrap_or("-"),
+            ending.label()
+        );
         Ok(())
     }
 

@@ -21,8 +21,7 @@ use crate::authenticate::{
 use crate::authorize::{Policy, Rule};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{
-    TokenSource,
-    self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile,
+    self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile, TokenSource,
 };
 use crate::identity::IdentityHeaders;
 use crate::logs::{Destination, Logs};
@@ -688,7 +687,10 @@ impl Compiler<'_> {
                 return Err(err("websocket", "token_from needs at least one source"));
             }
             Some(ws) if r.access == Access::Public && ws.token_from != [TokenSource::Header] => {
-                return Err(err("websocket", "a public route reads no token: leave out token_from"));
+                return Err(err(
+                    "websocket",
+                    "a public route reads no token: leave out token_from",
+                ));
             }
             Some(ws) => Some(ws.token_from.clone()),
         };

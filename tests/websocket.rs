@@ -82,6 +82,8 @@ impl Backend {
     }
 }
 
+// The handshake callback's error type is tungstenite's, large by its design.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, seen: Arc<Mutex<Seen>>) {
     let record = seen.clone();
     let callback = move |req: &Request, mut resp: Response| {
@@ -122,7 +124,8 @@ async fn serve(stream: TcpStream, seen: Arc<Mutex<Seen>>) {
                     .await;
             }
             Message::Text(_) | Message::Binary(_) => {
-                if ws.send(message.clone()).await.is_err() {
+                let echoed = ws.send(message.clone()).await;
+                if echoed.is_err() {
                     break;
                 }
             }
@@ -234,7 +237,11 @@ async fn close_of(ws: &mut Client, limit: Duration) -> (u16, String, f64) {
                 return (code, reason, at);
             }
         }
-        (1006, "connection dropped without a Close frame".into(), now())
+        (
+            1006,
+            "connection dropped without a Close frame".into(),
+            now(),
+        )
     };
     tokio::time::timeout(limit, read)
         .await
@@ -302,7 +309,11 @@ async fn an_idle_websocket_is_closed_at_expiry_with_identity_forwarded() {
     wait_for(|| backend.last().ended, "the backend's side to close").await;
     assert_eq!(backend.last().close, Some((4001, "token expired".into())));
     assert_eq!(
-        metric(admin, "portcullis_websockets_closed_total{reason=\"expired\"}").await,
+        metric(
+            admin,
+            "portcullis_websockets_closed_total{reason=\"expired\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(metric(admin, "portcullis_websockets_open").await, 0.0);
@@ -321,7 +332,10 @@ async fn renewal_moves_the_deadline_and_never_reaches_the_backend() {
     ws.send(renewal(&second)).await.expect("send renewal");
     round_trip(&mut ws, "after").await;
     // Past the first token's expiry, the connection still works.
-    tokio::time::sleep(Duration::from_secs_f64((exp_of(&first) - now() + 0.5).max(0.0))).await;
+    tokio::time::sleep(Duration::from_secs_f64(
+        (exp_of(&first) - now() + 0.5).max(0.0),
+    ))
+    .await;
     round_trip(&mut ws, "still here").await;
 
     let (code, _, at) = close_of(&mut ws, Duration::from_secs(8)).await;
@@ -368,7 +382,9 @@ async fn token_sources_are_per_route() {
 
     // /browser takes the query parameter, which the backend never sees.
     let query = format!("/browser?room=7&access_token={token}");
-    let (mut ws, _) = connect(&gw, &query, &[]).await.expect("query token accepted");
+    let (mut ws, _) = connect(&gw, &query, &[])
+        .await
+        .expect("query token accepted");
     round_trip(&mut ws, "q").await;
     let seen = backend.last();
     assert_eq!(seen.uri, "/browser?room=7");
@@ -389,7 +405,10 @@ async fn token_sources_are_per_route() {
         .await
         .expect("accepted");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
-    assert_eq!(backend.last().header("sec-websocket-protocol"), Some("chat"));
+    assert_eq!(
+        backend.last().header("sec-websocket-protocol"),
+        Some("chat")
+    );
 
     // /browser does not take the header; a missing token is a 401, a bad one too.
     let bearer = format!("Bearer {token}");
@@ -455,7 +474,11 @@ async fn eviction_ends_a_subjects_websockets_on_every_instance() {
     }
     round_trip(&mut bob_a, "bob stays").await;
     assert_eq!(
-        metric(admin_b, "portcullis_websockets_closed_total{reason=\"evicted\"}").await,
+        metric(
+            admin_b,
+            "portcullis_websockets_closed_total{reason=\"evicted\"}"
+        )
+        .await,
         1.0
     );
 
@@ -582,7 +605,8 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let extensions = report["extensions"].as_str().unwrap_or_default();
     assert!(
-        extensions.contains("permessage-deflate") && extensions.contains("client_no_context_takeover"),
+        extensions.contains("permessage-deflate")
+            && extensions.contains("client_no_context_takeover"),
         "negotiated: {extensions:?}"
     );
     assert_eq!(
@@ -593,7 +617,10 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let late = report["closed_after_exp"].as_f64().expect("closed");
     assert!((0.0..1.0).contains(&late), "closed {late:.3} s after exp");
     let seen = std::fs::read_to_string(&log).expect("backend log");
-    assert!(!seen.contains("access_token"), "the renewal reached the backend: {seen}");
+    assert!(
+        !seen.contains("access_token"),
+        "the renewal reached the backend: {seen}"
+    );
     assert_eq!(seen.lines().count(), 3, "{seen}");
 }
 
@@ -609,7 +636,11 @@ async fn shutdown_tells_websockets_to_reconnect_elsewhere() {
     let exit = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(10)))
         .await
         .expect("join");
-    assert_eq!(exit, Some(0), "the gateway exited once the websocket closed");
+    assert_eq!(
+        exit,
+        Some(0),
+        "the gateway exited once the websocket closed"
+    );
     wait_for(|| backend.last().ended, "the backend's side to close").await;
     assert_eq!(backend.last().close.map(|c| c.0), Some(1001));
 }

@@ -34,7 +34,10 @@ impl Head {
         let &b1 = rest.first()?;
         let masked = b1 & 0x80 != 0;
         let (len, mut at) = match b1 & 0x7f {
-            126 => (u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])), 4),
+            126 => (
+                u64::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+                4,
+            ),
             127 => {
                 let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
                 (u64::from_be_bytes(bytes), 10)

@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use http::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -177,8 +179,9 @@ pub fn upstream_request(req: &mut RequestHeader, settings: &Settings) -> Result<
             } else {
                 format!("{path}?{}", kept.join("&"))
             };
-            let uri = http::Uri::try_from(uri)
-                .map_err(|e| Error::because(ErrorType::InternalError, "query without the token", e))?;
+            let uri = http::Uri::try_from(uri).map_err(|e| {
+                Error::because(ErrorType::InternalError, "query without the token", e)
+            })?;
             req.set_uri(uri);
         }
     }
@@ -291,7 +294,11 @@ mod tests {
     #[test]
     fn sources_are_tried_in_order_and_only_when_allowed() {
         let s = settings();
-        let all = [TokenSource::Header, TokenSource::Query, TokenSource::Subprotocol];
+        let all = [
+            TokenSource::Header,
+            TokenSource::Query,
+            TokenSource::Subprotocol,
+        ];
         let req = upgrade(
             "/ws?x=1&access_token=a%2Eb",
             &[("sec-websocket-protocol", "chat, access_token, sub.tok")],
@@ -319,7 +326,10 @@ mod tests {
             "/ws?access_token=secret&room=7",
             &[
                 ("sec-websocket-protocol", "access_token, secret"),
-                ("sec-websocket-extensions", "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits"),
+                (
+                    "sec-websocket-extensions",
+                    "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
+                ),
             ],
         );
         let mut req = original.clone();
@@ -332,8 +342,11 @@ mod tests {
         );
 
         let mut resp = ResponseHeader::build(101, None).expect("response");
-        resp.insert_header("sec-websocket-extensions", "permessage-deflate; server_no_context_takeover")
-            .expect("header");
+        resp.insert_header(
+            "sec-websocket-extensions",
+            "permessage-deflate; server_no_context_takeover",
+        )
+        .expect("header");
         assert!(client_response(&mut resp, &original, &s).expect("rewrite"));
         assert_eq!(resp.headers["sec-websocket-protocol"], "access_token");
         assert_eq!(

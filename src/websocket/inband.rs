@@ -256,7 +256,13 @@ mod tests {
         let after = frame(true, false, OP_TEXT, b"{\"type\":\"chat\"}", [1, 2, 3, 4]);
         let mut wire = before.clone();
         wire.extend(frame(false, false, OP_TEXT, &RENEWAL[..10], [5, 5, 5, 5]));
-        wire.extend(frame(true, false, OP_CONTINUATION, &RENEWAL[10..], [6, 6, 6, 6]));
+        wire.extend(frame(
+            true,
+            false,
+            OP_CONTINUATION,
+            &RENEWAL[10..],
+            [6, 6, 6, 6],
+        ));
         wire.extend(&after);
         let mut expected = before;
         expected.extend(&after);
@@ -282,11 +288,23 @@ mod tests {
     #[test]
     fn other_messages_pass_byte_for_byte() {
         let big = vec![b'a'; 5000];
-        let mut wire = frame(true, false, OP_TEXT, br#"{"type":"other","token":"x"}"#, [1; 4]);
+        let mut wire = frame(
+            true,
+            false,
+            OP_TEXT,
+            br#"{"type":"other","token":"x"}"#,
+            [1; 4],
+        );
         wire.extend(frame(true, false, OP_TEXT, &big, [2; 4]));
         wire.extend(frame(true, false, OP_TEXT, b"not json", [3; 4]));
         wire.extend(frame(true, false, 0x9, b"ping", [4; 4]));
-        wire.extend(frame(true, true, OP_TEXT, &deflate(&vec![b'z'; 4000]), [5; 4]));
+        wire.extend(frame(
+            true,
+            true,
+            OP_TEXT,
+            &deflate(&vec![b'z'; 4000]),
+            [5; 4],
+        ));
         let (out, events) = run(&wire, 7, true);
         assert_eq!(out, wire);
         assert!(events.is_empty());

@@ -263,7 +263,11 @@ impl<'a> Relay<'a> {
                 return;
             }
             let frame = frame::close(code, reason, None).freeze();
-            if session.write_response_body(Some(frame), false).await.is_err() {
+            if session
+                .write_response_body(Some(frame), false)
+                .await
+                .is_err()
+            {
                 return;
             }
             // Until the client's Close frame (or its hang-up); data still in flight is dropped.
