@@ -42,7 +42,10 @@ impl Seen {
     fn texts(&self) -> Vec<String> {
         self.messages
             .iter()
-            .filter_map(|m| m.to_text().ok().map(str::to_owned))
+            .filter_map(|m| match m {
+                Message::Text(t) => Some(t.to_string()),
+                _ => None,
+            })
             .collect()
     }
 }
