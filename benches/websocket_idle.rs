@@ -117,7 +117,11 @@ async fn main() {
     {
         return echo_backend(port).await;
     }
-    // `cargo bench` passes `--bench`; there is nothing to filter.
+    // `cargo test --all-targets` runs this target too, without `--bench`: nothing to do then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("websocket_idle: run with `cargo bench --bench websocket_idle`");
+        return;
+    }
     let n: usize = std::env::var("WS_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
