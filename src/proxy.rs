@@ -206,11 +206,7 @@ async fn admit<'s>(
 ) -> Result<Admitted<'s>, Rejection> {
     // 1. Route: on the normalized path, so the backend serves exactly what was authorized.
     let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
-    let host = req
-        .headers
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(req.uri.host());
+    let host = host_of(req);
     let index = snap
         .router
         .find_index(host, &path, &req.method)
@@ -315,6 +311,14 @@ async fn admit_caller<'s>(
     })
 }
 
+/// The host a request is for: its `Host` header, or the authority of an absolute URI.
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host())
+}
+
 /// What the backend is told besides the client's request: the verified identity, the
 /// request id, and the path as it was routed.
 fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
@@ -388,7 +392,7 @@ impl Gateway {
         let (stream, peer) = loop {
             let target = upstream.pick(ctx.affinity.as_deref().map(str::as_bytes));
             let Some(target) = target else {
-                return self.upstream_failed(session, ctx, 503).await;
+                return upstream_failed(session, ctx, 503).await;
             };
             ctx.target = Some(target);
             let peer = upstream.peer(target, None);
@@ -398,7 +402,7 @@ impl Gateway {
                     upstream.eject(target);
                     log::warn!("upstream {peer}: {e}");
                     if ctx.retries_left == 0 {
-                        return self.upstream_failed(session, ctx, 502).await;
+                        return upstream_failed(session, ctx, 502).await;
                     }
                     ctx.retries_left -= 1;
                 }
@@ -412,10 +416,10 @@ impl Gateway {
         if let Err(e) = answered.await {
             log::warn!("upstream {peer}: websocket handshake: {e}");
             let status = UpstreamFailure::classify(&e).status();
-            return self.upstream_failed(session, ctx, status.max(502)).await;
+            return upstream_failed(session, ctx, status.max(502)).await;
         }
         let Some(mut resp) = backend.resp_header().cloned() else {
-            return self.upstream_failed(session, ctx, 502).await;
+            return upstream_failed(session, ctx, 502).await;
         };
         for (name, value) in ctx.quota_headers() {
             resp.insert_header(name, value)?;
@@ -442,12 +446,7 @@ impl Gateway {
         let principal = ctx.principal.as_ref();
         let renewal = Renewal {
             config: self.config.clone(),
-            host: session
-                .req_header()
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned),
+            host: host_of(session.req_header()).map(str::to_owned),
             path: route::normalize(session.req_header().uri.path())
                 .map_err(|e| Error::because(ErrorType::InternalError, "path", e))?
                 .into_owned(),
@@ -475,20 +474,16 @@ impl Gateway {
         );
         Ok(())
     }
+}
 
-    async fn upstream_failed(
-        &self,
-        session: &mut Session,
-        ctx: &RequestCtx,
-        status: u16,
-    ) -> Result<()> {
-        let mut reply = ctx.snapshot.responses.upstream_failure(status);
-        reply.headers.push((
-            http::HeaderName::from_static(request_id::HEADER),
-            ctx.request_id.clone(),
-        ));
-        reply.send(session).await
-    }
+/// The gateway's JSON answer when the upstream could not serve the request.
+async fn upstream_failed(session: &mut Session, ctx: &RequestCtx, status: u16) -> Result<()> {
+    let mut reply = ctx.snapshot.responses.upstream_failure(status);
+    reply.headers.push((
+        http::HeaderName::from_static(request_id::HEADER),
+        ctx.request_id.clone(),
+    ));
+    reply.send(session).await
 }
 
 #[async_trait]
@@ -648,12 +643,7 @@ impl ProxyHttp for Gateway {
         let status = failure.status();
         // Once the upstream's own response has started, it cannot be replaced.
         if status > 0 && session.response_written().is_none() {
-            let mut reply = ctx.snapshot.responses.upstream_failure(status);
-            reply.headers.push((
-                http::HeaderName::from_static(request_id::HEADER),
-                ctx.request_id.clone(),
-            ));
-            if let Err(e) = reply.send(session).await {
+            if let Err(e) = upstream_failed(session, ctx, status).await {
                 log::debug!("could not send the error response: {e}");
             }
         }
@@ -696,7 +686,7 @@ impl ProxyHttp for Gateway {
             request_id: ctx.request_id.to_str().unwrap_or("-"),
             client_ip: ctx.client_ip,
             method: req.method.as_str(),
-            host: header(HOST).or(req.uri.host()).unwrap_or(""),
+            host: host_of(req).unwrap_or(""),
             path: req.uri.path(),
             status,
             route,
