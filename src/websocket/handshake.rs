@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use http::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+    HeaderName, CONNECTION, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
 };
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -81,12 +81,19 @@ impl Settings {
     }
 }
 
-fn has_token(values: &http::header::GetAll<'_, HeaderValue>, token: &str) -> bool {
-    values
-        .iter()
+/// The elements of a comma-separated header, over all its lines (RFC 9110 §5.6.1).
+fn list<'r>(req: &'r RequestHeader, name: &HeaderName) -> impl Iterator<Item = &'r str> {
+    req.headers
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+fn has_token(req: &RequestHeader, name: &HeaderName, token: &str) -> bool {
+    list(req, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Whether the request asks for any protocol upgrade.
@@ -97,8 +104,8 @@ pub fn has_upgrade(req: &RequestHeader) -> bool {
 /// Whether the request opens a WebSocket (RFC 6455 §4.1).
 pub fn is_websocket(req: &RequestHeader) -> bool {
     req.method == http::Method::GET
-        && has_token(&req.headers.get_all(UPGRADE), "websocket")
-        && has_token(&req.headers.get_all(CONNECTION), "upgrade")
+        && has_token(req, &UPGRADE, "websocket")
+        && has_token(req, &CONNECTION, "upgrade")
 }
 
 /// Turns an upgrade request into a plain one, for routes that take no upgrades.
@@ -108,13 +115,7 @@ pub fn strip_upgrade(req: &mut RequestHeader) {
 }
 
 fn protocols(req: &RequestHeader) -> impl Iterator<Item = &str> {
-    req.headers
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+    list(req, &SEC_WEBSOCKET_PROTOCOL)
 }
 
 /// The token of a WebSocket upgrade, from the first of `sources` that carries one.
@@ -203,13 +204,7 @@ pub fn upstream_request(req: &mut RequestHeader, settings: &Settings) -> Result<
 
     // Only permessage-deflate: an unknown extension could give frames a meaning the gateway
     // cannot read renewals through.
-    let offers: Vec<String> = req
-        .headers
-        .get_all(SEC_WEBSOCKET_EXTENSIONS)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let offers: Vec<String> = list(req, &SEC_WEBSOCKET_EXTENSIONS)
         .filter(|o| {
             o.split(';')
                 .next()
