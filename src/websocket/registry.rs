@@ -2,21 +2,22 @@
 //! and shutdown can end them all.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::Notify;
 
 /// Why the gateway ended a connection from outside the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
-    Evict = 1,
-    Shutdown = 2,
+    Evict,
+    Shutdown,
 }
 
 struct Signal {
     notify: Notify,
-    order: AtomicU8,
+    /// The first order given; later ones change nothing.
+    order: OnceLock<Order>,
 }
 
 type Open = HashMap<String, HashMap<u64, Arc<Signal>>>;
@@ -46,7 +47,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(Signal {
             notify: Notify::new(),
-            order: AtomicU8::new(0),
+            order: OnceLock::new(),
         });
         self.open()
             .entry(subject.to_owned())
@@ -93,7 +94,7 @@ impl Registry {
 
 impl Signal {
     fn send(&self, order: Order) {
-        self.order.store(order as u8, Ordering::Release);
+        let _ = self.order.set(order);
         // Stores a permit when the connection is not waiting right now: no order is lost.
         self.notify.notify_one();
     }
@@ -104,10 +105,8 @@ impl Ticket {
     pub async fn ordered(&self) -> Order {
         loop {
             self.signal.notify.notified().await;
-            match self.signal.order.load(Ordering::Acquire) {
-                1 => return Order::Evict,
-                2 => return Order::Shutdown,
-                _ => {}
+            if let Some(order) = self.signal.order.get() {
+                return *order;
             }
         }
     }
