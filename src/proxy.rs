@@ -454,17 +454,14 @@ impl Gateway {
             tenant: principal.and_then(|p| p.tenant.clone()),
             cert: ctx.downstream.cert.as_ref().map(|c| c.sha256.clone()),
         };
-        let mut settings = snap.websocket.clone();
-        if principal.is_none() {
-            // Nothing to renew on a public route: every message goes through.
-            settings.renewal.max_bytes = 0;
-        }
+        // Nothing to renew on a public route: every message goes through.
+        let renew = principal.is_some().then_some(&renewal as &dyn Renew);
         let relay = Relay::new(
-            &settings,
+            &snap.websocket,
             deflate,
             principal.and_then(|p| websocket::deadline(p.valid_until)),
             self.websockets.register(&renewal.subject),
-            &renewal,
+            renew,
         );
         let ending = relay.run(session, backend.into_inner(), first).await;
         log::debug!(

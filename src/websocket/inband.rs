@@ -51,8 +51,9 @@ struct Held {
     compressed: bool,
 }
 
-pub struct ClientStream {
-    shape: RenewalShape,
+pub struct ClientStream<'a> {
+    /// `None`: the connection takes no renewals, every message goes through.
+    shape: Option<&'a RenewalShape>,
     /// permessage-deflate was negotiated, without context takeover for the client.
     deflate: bool,
     position: Position,
@@ -65,8 +66,8 @@ pub struct ClientStream {
     close_payload: Option<Vec<u8>>,
 }
 
-impl ClientStream {
-    pub fn new(shape: RenewalShape, deflate: bool) -> Self {
+impl<'a> ClientStream<'a> {
+    pub fn new(shape: Option<&'a RenewalShape>, deflate: bool) -> Self {
         Self {
             shape,
             deflate,
@@ -120,12 +121,15 @@ impl ClientStream {
         }
         let starts = !self.in_message;
         self.in_message = !head.fin;
+        let Some(shape) = self.shape else {
+            out.extend_from_slice(bytes);
+            return;
+        };
         if starts
-            && self.shape.max_bytes > 0
             && head.opcode == OP_TEXT
             && !head.other_rsv
             && (!head.rsv1 || self.deflate)
-            && head.len <= self.shape.max_bytes as u64
+            && head.len <= shape.max_bytes as u64
         {
             let mut raw = BytesMut::with_capacity(bytes.len() + head.len as usize);
             raw.extend_from_slice(bytes);
@@ -139,7 +143,7 @@ impl ClientStream {
         }
         if head.opcode == OP_CONTINUATION {
             if let Some(held) = &mut self.held {
-                if held.payload.len() as u64 + head.len <= self.shape.max_bytes as u64 {
+                if held.payload.len() as u64 + head.len <= shape.max_bytes as u64 {
                     held.raw.extend_from_slice(bytes);
                     self.holding_frame = true;
                     return;
@@ -159,13 +163,13 @@ impl ClientStream {
             return;
         }
         self.holding_frame = false;
-        let Some(held) = self.held.take() else {
+        let (Some(held), Some(shape)) = (self.held.take(), self.shape) else {
             return;
         };
         let token = if held.compressed {
-            inflate(&held.payload, self.shape.max_bytes).and_then(|m| self.shape.token_of(&m))
+            inflate(&held.payload, shape.max_bytes).and_then(|m| shape.token_of(&m))
         } else {
-            self.shape.token_of(&held.payload)
+            shape.token_of(&held.payload)
         };
         match token {
             Some(token) => events.push(Event::Renewal(token)),
@@ -238,7 +242,8 @@ mod tests {
 
     /// Pushes `wire` in pieces of `step`; returns what was forwarded and the events.
     fn run(wire: &[u8], step: usize, deflate: bool) -> (Vec<u8>, Vec<Event>) {
-        let mut s = ClientStream::new(shape(), deflate);
+        let shape = shape();
+        let mut s = ClientStream::new(Some(&shape), deflate);
         let mut out = BytesMut::new();
         let mut events = Vec::new();
         for chunk in wire.chunks(step) {

@@ -99,7 +99,8 @@ pub struct Relay<'a> {
     /// The deadline is now because a renewal was refused.
     rejected: bool,
     ticket: Ticket,
-    renew: &'a dyn Renew,
+    /// `None`: the connection takes no renewals (a public route).
+    renew: Option<&'a dyn Renew>,
 }
 
 /// Which side still takes frames from the gateway once the relay stops.
@@ -114,7 +115,7 @@ impl<'a> Relay<'a> {
         deflate: bool,
         deadline: Option<Instant>,
         ticket: Ticket,
-        renew: &'a dyn Renew,
+        renew: Option<&'a dyn Renew>,
     ) -> Self {
         Self {
             settings,
@@ -132,7 +133,8 @@ impl<'a> Relay<'a> {
         // The connection lives by its token, not by Pingora's idle read timeout.
         session.set_read_timeout(None);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
-        let mut client = ClientStream::new(self.settings.renewal.clone(), self.deflate);
+        let shape = self.renew.is_some().then_some(&self.settings.renewal);
+        let mut client = ClientStream::new(shape, self.deflate);
         let mut backend = frame::Position::default();
         let mut to_backend = BytesMut::new();
         let mut to_client = BytesMut::new();
@@ -176,18 +178,22 @@ impl<'a> Relay<'a> {
                             Event::Close(_) => {
                                 closing.get_or_insert(Ending::Client);
                             }
-                            Event::Renewal(token) => match self.renew.renew(&token).await {
-                                Ok(deadline) => {
-                                    metrics::websocket_renewal("ok");
-                                    self.deadline = deadline;
+                            Event::Renewal(token) => {
+                                // Only a connection that takes renewals holds them back.
+                                let Some(renew) = self.renew else { continue };
+                                match renew.renew(&token).await {
+                                    Ok(deadline) => {
+                                        metrics::websocket_renewal("ok");
+                                        self.deadline = deadline;
+                                    }
+                                    Err(reason) => {
+                                        metrics::websocket_renewal(reason);
+                                        log::info!("websocket renewal refused: {reason}");
+                                        self.deadline = Some(Instant::now());
+                                        self.rejected = true;
+                                    }
                                 }
-                                Err(reason) => {
-                                    metrics::websocket_renewal(reason);
-                                    log::info!("websocket renewal refused: {reason}");
-                                    self.deadline = Some(Instant::now());
-                                    self.rejected = true;
-                                }
-                            },
+                            }
                         }
                     }
                 }
@@ -271,7 +277,7 @@ impl<'a> Relay<'a> {
                 return;
             }
             // Until the client's Close frame (or its hang-up); data still in flight is dropped.
-            let mut answer = ClientStream::new(self.settings.renewal.clone(), false);
+            let mut answer = ClientStream::new(None, false);
             let (mut sink, mut events) = (BytesMut::new(), Vec::new());
             while let Ok(Some(data)) = session.read_request_body().await {
                 answer.push(&data, &mut sink, &mut events);
