@@ -647,3 +647,43 @@ async fn shutdown_tells_websockets_to_reconnect_elsewhere() {
     wait_for(|| backend.last().ended, "the backend's side to close").await;
     assert_eq!(backend.last().close.map(|c| c.0), Some(1001));
 }
+
+#[tokio::test]
+async fn public_routes_and_refused_upgrades() {
+    let backend = Backend::start().await;
+    let echo = common::Echo::start();
+    let extra = format!(
+        r#"
+[upstreams.http]
+targets = ["127.0.0.1:{}"]
+
+[[routes]]
+path = "/lobby"
+access = "public"
+upstream = "push"
+
+[routes.websocket]
+
+[[routes]]
+path = "/not-a-websocket"
+access = "public"
+upstream = "http"
+
+[routes.websocket]
+"#,
+        echo.port
+    );
+    let gw = Gateway::start(&config(backend.port, &extra));
+
+    // No token needed, and nothing is taken for a renewal: every message goes through.
+    let (mut ws, _) = connect(&gw, "/lobby", &[]).await.expect("public upgrade");
+    let lookalike = serde_json::json!({"type": "access_token", "token": "x"}).to_string();
+    round_trip(&mut ws, &lookalike).await;
+    assert_eq!(backend.last().texts(), [lookalike]);
+
+    // A backend that answers the upgrade with plain HTTP: its answer reaches the client.
+    let refused = connect(&gw, "/not-a-websocket", &[])
+        .await
+        .expect_err("no 101");
+    assert!(refused.to_string().contains("200"), "{refused}");
+}
