@@ -147,7 +147,8 @@ impl<'a> Relay<'a> {
         backend.feed(&first, |p| backend_closes |= is_close(&p));
         to_client.extend_from_slice(&first);
 
-        let (ending, mut sides) = loop {
+        let mut cut = false;
+        let ending = loop {
             if backend_closes {
                 closing.get_or_insert(Ending::Backend);
                 backend_closes = false;
@@ -156,10 +157,14 @@ impl<'a> Relay<'a> {
                 let data = to_client.split().freeze();
                 tokio::select! {
                     biased;
-                    ending = self.ordered() => break (ending, Sides { client_clean: false, backend_clean: true }),
+                    ending = self.ordered() => {
+                        // The write stopped part-way: the client stream is mid-frame.
+                        cut = true;
+                        break ending;
+                    }
                     written = session.write_response_body(Some(data), false) => {
                         if written.is_err() {
-                            break (Ending::Client, Sides { client_clean: false, backend_clean: true });
+                            break Ending::Client;
                         }
                     }
                 }
@@ -167,10 +172,10 @@ impl<'a> Relay<'a> {
             }
             tokio::select! {
                 biased;
-                ending = self.ordered() => break (ending, Sides { client_clean: true, backend_clean: true }),
+                ending = self.ordered() => break ending,
                 read = session.read_request_body(), if to_backend.is_empty() => {
                     let Ok(Some(data)) = read else {
-                        break (closing.unwrap_or(Ending::Client), Sides { client_clean: false, backend_clean: true });
+                        break closing.unwrap_or(Ending::Client);
                     };
                     client.push(&data, &mut to_backend, &mut events);
                     for event in events.drain(..) {
@@ -210,7 +215,7 @@ impl<'a> Relay<'a> {
                         let _ = to_backend.split_to(n);
                         unflushed = true;
                     }
-                    _ => break (closing.unwrap_or(Ending::Backend), Sides { client_clean: true, backend_clean: false }),
+                    _ => break closing.unwrap_or(Ending::Backend),
                 },
                 read = up_read.read_buf(&mut from_backend) => match read {
                     Ok(n) if n > 0 => {
@@ -223,12 +228,14 @@ impl<'a> Relay<'a> {
                             from_backend.reserve(if filled { BULK_READ } else { IDLE_READ });
                         }
                     }
-                    _ => break (closing.unwrap_or(Ending::Backend), Sides { client_clean: true, backend_clean: false }),
+                    _ => break closing.unwrap_or(Ending::Backend),
                 },
             }
         };
-        sides.client_clean &= backend.at_boundary();
-        sides.backend_clean &= client.forwarded_boundary() && to_backend.is_empty() && !unflushed;
+        let sides = Sides {
+            client_clean: !cut && backend.at_boundary(),
+            backend_clean: client.forwarded_boundary() && to_backend.is_empty() && !unflushed,
+        };
         metrics::websocket_closed(ending.label());
         if let Some((code, reason)) = ending.close() {
             self.close(session, &mut up_write, sides, code, reason)
