@@ -167,11 +167,9 @@ async fn keys_never_loaded_answer_401_not_500() {
     .await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(r.body, "401 Authorization Required");
-    assert!(
-        gw.log().contains(r#""reason":"keys_unavailable""#),
-        "{}",
-        gw.log()
-    );
+    let needle = r#""reason":"keys_unavailable""#;
+    let log = gw.log_with(needle);
+    assert!(log.contains(needle), "{log}");
 }
 
 #[tokio::test]
