@@ -46,6 +46,30 @@ pub struct Config {
     /// `[websocket]`: how WebSocket connections are renewed, closed and evicted.
     #[serde(default)]
     pub websocket: WebSocketConf,
+    /// `[token_cache]`: verified tokens remembered between requests.
+    #[serde(default)]
+    pub token_cache: TokenCacheConf,
+}
+
+/// `[token_cache]`: a token is verified once (signature, issuer, audience, claims) and then
+/// remembered until it expires, so the requests after the first skip the signature check.
+///
+/// Entries are keyed by the token's SHA-256 and never outlive the token's `exp` (plus the
+/// issuer's `clock_skew`). A change of the issuer's keys voids them, and so does a reload.
+/// What depends on the request is checked on every use: the route's accepted issuers and the
+/// client certificate a token is bound to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCacheConf {
+    /// Most tokens remembered; the least used are dropped first when it is full. Each takes
+    /// a few hundred bytes. 0 verifies every token on every request. Default: 65536.
+    pub max_entries: usize,
+}
+
+impl Default for TokenCacheConf {
+    fn default() -> Self {
+        Self { max_entries: 65536 }
+    }
 }
 
 /// `[websocket]`: settings shared by every route that takes WebSockets (`[routes.websocket]`).

@@ -249,6 +249,23 @@ pub fn authentication(outcome: &str) {
     AUTHENTICATIONS.with_label_values(&[outcome]).inc();
 }
 
+static TOKEN_CACHE: Lazy<[IntCounter; 2]> = Lazy::new(|| {
+    let lookups = counter_vec(
+        "token_cache_lookups_total",
+        "Verified-token cache lookups of authenticated requests: hit (no signature check) or \
+         miss (the token was verified).",
+        &["result"],
+    );
+    [
+        lookups.with_label_values(&["hit"]),
+        lookups.with_label_values(&["miss"]),
+    ]
+});
+
+pub fn token_cache(hit: bool) {
+    TOKEN_CACHE[usize::from(!hit)].inc();
+}
+
 pub fn authorization_denied(route: &str, reason: &str) {
     AUTHORIZATION_DENIALS
         .with_label_values(&[route, reason])
@@ -332,6 +349,7 @@ struct SnapshotCollector {
     key_fetches: IntCounterVec,
     key_age: GaugeVec,
     keys: IntGaugeVec,
+    cached_tokens: IntGauge,
     target_up: IntGaugeVec,
     descs: Vec<Desc>,
 }
@@ -360,6 +378,10 @@ impl SnapshotCollector {
             Opts::new("jwks_keys", "Keys held for the issuer."),
             &["issuer"],
         )?;
+        let cached_tokens = IntGauge::new(
+            "token_cache_entries",
+            "Verified tokens remembered by the running config.",
+        )?;
         let target_up = IntGaugeVec::new(
             Opts::new(
                 "upstream_target_up",
@@ -372,6 +394,7 @@ impl SnapshotCollector {
             key_fetches.desc(),
             key_age.desc(),
             keys.desc(),
+            cached_tokens.desc(),
             target_up.desc(),
         ]
         .into_iter()
@@ -384,6 +407,7 @@ impl SnapshotCollector {
             key_fetches,
             key_age,
             keys,
+            cached_tokens,
             target_up,
             descs,
         })
@@ -426,6 +450,8 @@ impl Collector for SnapshotCollector {
                 .with_label_values(&[name])
                 .set(i64::try_from(held).unwrap_or(i64::MAX));
         }
+        self.cached_tokens
+            .set(i64::try_from(snap.authenticator.cached_tokens()).unwrap_or(i64::MAX));
         for upstream in &snap.upstreams {
             for (i, target) in upstream.targets().iter().enumerate() {
                 self.target_up
@@ -438,6 +464,7 @@ impl Collector for SnapshotCollector {
             self.key_fetches.collect(),
             self.key_age.collect(),
             self.keys.collect(),
+            self.cached_tokens.collect(),
             self.target_up.collect(),
         ]
         .into_iter()

@@ -101,7 +101,7 @@ pub struct RequestCtx {
     /// Position of the matched route in the snapshot's router.
     route: Option<usize>,
     /// The verified caller, for the logs.
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     /// The bearer token's fingerprint, when the audit log is on.
     token_id: Option<String>,
     /// The rule that admitted the request.
@@ -218,7 +218,7 @@ async fn admit<'s>(
     }
 
     // 2. Authenticate.
-    let principal: Option<Principal> = match route.access {
+    let principal: Option<Arc<Principal>> = match route.access {
         Access::Public => None,
         Access::Authenticated => {
             let token = match &route.websocket {
@@ -246,7 +246,7 @@ async fn admit<'s>(
         }
     };
 
-    let outcome = admit_caller(req, snap, route, principal.as_ref(), ctx).await;
+    let outcome = admit_caller(req, snap, route, principal.as_deref(), ctx).await;
     ctx.principal = principal;
     outcome
 }

@@ -113,6 +113,7 @@ impl Snapshot {
             .map_err(|e| c.at_key("identity_headers", &e))?;
 
         let mut authenticator = Authenticator::default();
+        authenticator.cache_verified(config.token_cache.max_entries);
         let mut issuer_ids = BTreeMap::new();
         for (name, conf) in &config.issuers {
             let issuer = c.issuer(name, conf, previous)?;

@@ -62,6 +62,9 @@ pub enum Lookup<'a> {
 /// An immutable set of public keys.
 pub struct KeySet {
     keys: Vec<VerifyKey>,
+    /// SHA-256 of the document the keys came from: a refetch that returns the same document
+    /// changes nothing, and so invalidates no verified token.
+    digest: [u8; 32],
 }
 
 impl KeySet {
@@ -84,7 +87,9 @@ impl KeySet {
         if keys.is_empty() {
             return Err("no usable signature keys".into());
         }
-        Ok(KeySet { keys })
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(document).into();
+        Ok(KeySet { keys, digest })
     }
 
     pub fn len(&self) -> usize {
@@ -208,6 +213,9 @@ pub struct KeyStore {
     source: KeySource,
     refresh: KeyRefreshConf,
     keys: ArcSwapOption<KeySet>,
+    /// Bumped each time the keys change; tokens verified under another generation are
+    /// verified again.
+    generation: AtomicU64,
     schedule: Mutex<Schedule>,
     fetch_lock: tokio::sync::Mutex<()>,
     pub stats: KeyStats,
@@ -219,7 +227,7 @@ impl KeyStore {
         let document = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let set = KeySet::parse(&document).map_err(|e| format!("{}: {e}", path.display()))?;
         let store = Self::remote(KeySource::File, KeyRefreshConf::default());
-        store.keys.store(Some(Arc::new(set)));
+        store.install(set);
         store
             .stats
             .loaded_at_unix_ms
@@ -233,6 +241,7 @@ impl KeyStore {
             source,
             refresh,
             keys: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
             schedule: Mutex::new(Schedule {
                 next_refresh: Instant::now(),
                 last_attempt: None,
@@ -254,6 +263,20 @@ impl KeyStore {
     /// The current keys; `None` until they were loaded once.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// Which keys are current. Read before the keys themselves, so that a token verified
+    /// during a change is recorded under the older generation and verified again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn install(&self, set: KeySet) {
+        if self.current().is_some_and(|c| c.digest == set.digest) {
+            return;
+        }
+        self.keys.store(Some(Arc::new(set)));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn is_remote(&self) -> bool {
@@ -307,7 +330,7 @@ impl KeyStore {
         let next = match self.fetch_keys().await {
             Ok((set, max_age)) => {
                 log::info!("loaded {} keys from {}", set.len(), self.describe());
-                self.keys.store(Some(Arc::new(set)));
+                self.install(set);
                 self.stats
                     .loaded_at_unix_ms
                     .store(crate::metrics::unix_millis(), Ordering::Relaxed);

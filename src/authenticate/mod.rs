@@ -4,6 +4,7 @@
 //! allows and must fit the key. Header fields that point elsewhere for keys (`jku`, `x5u`,
 //! `jwk`, `x5c`) are never read.
 
+mod cache;
 mod claims;
 mod jwt;
 mod keys;
@@ -15,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use pingora_http::RequestHeader;
 
+use cache::{Verified, VerifiedTokens};
 pub use claims::{ClaimMap, ClaimPath};
 pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
 
@@ -195,9 +197,20 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<Box<str>, IssuerId>,
     extra_claims: Vec<ClaimPath>,
+    verified: VerifiedTokens,
 }
 
 impl Authenticator {
+    /// Remembers up to `max_entries` verified tokens (none for 0).
+    pub fn cache_verified(&mut self, max_entries: usize) {
+        self.verified = VerifiedTokens::new(max_entries);
+    }
+
+    /// How many verified tokens are remembered now.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.len()
+    }
+
     /// Adds an issuer; fails if another one has the same `iss`.
     pub fn add(&mut self, issuer: Issuer) -> Result<IssuerId, Arc<str>> {
         let id = self.issuers.len();
@@ -225,15 +238,60 @@ impl Authenticator {
         ClaimSlot(i)
     }
 
-    /// Verifies `token`. `accepted` restricts which issuers this route trusts (`None`: all).
-    /// `client_cert_sha256` is the SHA-256 of the TLS client certificate of this connection,
-    /// if one was verified: certificate-bound tokens must match it (RFC 8705 §3).
+    /// Verifies `token`, or finds it verified before. `accepted` restricts which issuers this
+    /// route trusts (`None`: all). `client_cert_sha256` is the SHA-256 of the TLS client
+    /// certificate of this connection, if one was verified: certificate-bound tokens must match
+    /// it (RFC 8705 §3).
     pub async fn authenticate(
         &self,
         token: &str,
         accepted: Option<&[IssuerId]>,
         client_cert_sha256: Option<&[u8]>,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
+        let key = self.verified.enabled().then(|| cache::digest(token));
+        let cached = key.as_ref().and_then(|k| self.verified.get(k));
+        let verified = match cached {
+            Some(v) if self.issuers[v.issuer].keys.generation() == v.key_generation => {
+                crate::metrics::token_cache(true);
+                v
+            }
+            _ => {
+                let verified = Arc::new(self.verify(token).await?);
+                if let Some(key) = key {
+                    crate::metrics::token_cache(false);
+                    self.verified.insert(key, verified.clone());
+                }
+                verified
+            }
+        };
+        self.admit_use(&verified, accepted, client_cert_sha256, unix_now())?;
+        Ok(verified.principal.clone())
+    }
+
+    /// The checks that depend on where and when a verified token is used, made on every use.
+    fn admit_use(
+        &self,
+        verified: &Verified,
+        accepted: Option<&[IssuerId]>,
+        client_cert_sha256: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        if accepted.is_some_and(|ids| !ids.contains(&verified.issuer)) {
+            return Err(AuthError::IssuerNotAccepted);
+        }
+        if verified.principal.valid_until.is_some_and(|t| now > t) {
+            return Err(AuthError::Expired);
+        }
+        match (&verified.bound_to, client_cert_sha256) {
+            (None, _) => Ok(()),
+            (Some(expected), Some(presented)) if constant_time_eq(expected, presented) => Ok(()),
+            (Some(_), _) => Err(AuthError::CertificateMismatch),
+        }
+    }
+
+    /// Everything about a token that depends on its bytes alone: issuer, algorithm,
+    /// signature, claims.
+    async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let token = jwt::parse(token)?;
         let iss = token
             .claims
@@ -241,26 +299,24 @@ impl Authenticator {
             .and_then(|v| v.as_str())
             .ok_or(AuthError::UnknownIssuer)?;
         let &id = self.by_iss.get(iss).ok_or(AuthError::UnknownIssuer)?;
-        if accepted.is_some_and(|ids| !ids.contains(&id)) {
-            return Err(AuthError::IssuerNotAccepted);
-        }
         let issuer = &self.issuers[id];
         let alg = token.header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
+        let key_generation = issuer.keys.generation();
         verify_signature(issuer, &token).await?;
 
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let rules = jwt::TimeRules {
             audiences: &issuer.audiences,
             leeway: issuer.leeway_secs,
             allow_non_expiring: issuer.allow_non_expiring,
         };
-        let expires_at = jwt::check_claims(&token.claims, &rules, now)?;
-        check_binding(&token.claims, issuer, client_cert_sha256)?;
+        let expires_at = jwt::check_claims(&token.claims, &rules, unix_now())?;
+        let bound_to = certificate_binding(&token.claims)?;
+        if bound_to.is_none() && issuer.require_bound_tokens {
+            return Err(AuthError::UnboundToken);
+        }
         let identity = issuer
             .claims
             .read(&token.claims)
@@ -285,7 +341,7 @@ impl Authenticator {
             .iter()
             .map(|p| claims::scalar(p.get(&token.claims)))
             .collect();
-        Ok(Principal {
+        let principal = Principal {
             issuer: issuer.name.clone(),
             kind,
             subject: identity.subject,
@@ -295,37 +351,40 @@ impl Authenticator {
             scopes: identity.scopes,
             valid_until: expires_at.map(|exp| exp.saturating_add(issuer.leeway_secs)),
             extra,
+        };
+        Ok(Verified {
+            principal: Arc::new(principal),
+            issuer: id,
+            key_generation,
+            bound_to,
         })
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// RFC 8705 §3.1: a token with `cnf.x5t#S256` is only good on a connection presenting the
 /// certificate with that SHA-256 thumbprint.
-fn check_binding(
+fn certificate_binding(
     claims: &serde_json::Map<String, serde_json::Value>,
-    issuer: &Issuer,
-    client_cert_sha256: Option<&[u8]>,
-) -> Result<(), AuthError> {
+) -> Result<Option<Vec<u8>>, AuthError> {
     use base64::Engine;
-    let bound = claims.get("cnf").and_then(|c| c.get("x5t#S256"));
-    match bound {
-        None if issuer.require_bound_tokens => Err(AuthError::UnboundToken),
-        None => Ok(()),
-        Some(value) => {
-            let expected = value
-                .as_str()
-                .and_then(|v| {
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(v)
-                        .ok()
-                })
-                .ok_or(AuthError::InvalidClaim("cnf.x5t#S256 is not base64url"))?;
-            match client_cert_sha256 {
-                Some(presented) if constant_time_eq(&expected, presented) => Ok(()),
-                _ => Err(AuthError::CertificateMismatch),
-            }
-        }
-    }
+    let Some(value) = claims.get("cnf").and_then(|c| c.get("x5t#S256")) else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .and_then(|v| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v)
+                .ok()
+        })
+        .map(Some)
+        .ok_or(AuthError::InvalidClaim("cnf.x5t#S256 is not base64url"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

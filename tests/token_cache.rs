@@ -1,0 +1,188 @@
+//! The verified-token cache through the running gateway: a token is verified once, yet a
+//! cached token never outlives its `exp`, its issuer's keys, or a route's choice of issuers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fixture, free_port, get, metric, token, Echo, FileServer, Gateway};
+
+fn jwks(names: &[&str]) -> String {
+    let keys: Vec<serde_json::Value> = names
+        .iter()
+        .flat_map(|n| {
+            let text = std::fs::read_to_string(fixture(&format!("{n}.jwks.json"))).unwrap();
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+            doc["keys"].as_array().unwrap().clone()
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+fn signed(key: &str, iss: &str, extra: &[&str]) -> String {
+    let k = fixture(&format!("{key}.pem")).display().to_string();
+    let mut args = vec![
+        "--key", &k, "--kid", key, "--iss", iss, "--aud", "api", "--sub", "u1",
+    ];
+    args.extend_from_slice(extra);
+    token(&args)
+}
+
+/// Issuer `idp` takes its keys from `jwks_url`, issuer `other` from a file; route `/only-other`
+/// trusts `other` alone.
+fn gateway(echo: &Echo, admin: u16, jwks_url: &str, cache: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[token_cache]
+{cache}
+
+[issuers.idp]
+issuer = "https://idp.test"
+audiences = ["api"]
+clock_skew = "0s"
+jwks_url = "{jwks_url}"
+
+[issuers.idp.keys]
+refresh_interval = "1s"
+min_refresh_interval = "1s"
+
+[issuers.other]
+issuer = "https://other.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-2.jwks.json"
+
+[upstreams.backend]
+targets = ["127.0.0.1:{port}"]
+
+[[routes]]
+path = "/any"
+upstream = "backend"
+access = "authenticated"
+
+[[routes]]
+path = "/only-other"
+upstream = "backend"
+access = "authenticated"
+issuers = ["other"]
+"#,
+        port = echo.port
+    ))
+}
+
+async fn lookups(admin: u16, result: &str) -> f64 {
+    metric(
+        admin,
+        &format!("portcullis_token_cache_lookups_total{{result=\"{result}\"}}"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_verified_once_then_served_from_the_cache() {
+    let echo = Echo::start();
+    let idp = FileServer::start();
+    idp.put("jwks.json", &jwks(&["rsa-1"]));
+    let admin = free_port();
+    let gw = gateway(&echo, admin, &idp.url("/jwks.json"), "");
+    let url = gw.url("/any");
+    let good = signed("rsa-1", "https://idp.test", &[]);
+
+    for _ in 0..50 {
+        assert_eq!(get(&url, Some(&good)).await.status, 200);
+    }
+    assert_eq!(lookups(admin, "miss").await, 1.0, "verified once");
+    assert_eq!(lookups(admin, "hit").await, 49.0);
+    assert_eq!(metric(admin, "portcullis_token_cache_entries").await, 1.0);
+
+    // The same token on a route that trusts only the other issuer: refused, cached or not.
+    let r = get(&gw.url("/only-other"), Some(&good)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(lookups(admin, "hit").await, 50.0, "answered from the cache");
+    let other = signed("rsa-2", "https://other.test", &[]);
+    assert_eq!(get(&gw.url("/only-other"), Some(&other)).await.status, 200);
+
+    // A token differing in one byte of its signature is not the cached one.
+    let mut forged = good.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(get(&url, Some(&forged)).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_is_refused_once_it_expires() {
+    let echo = Echo::start();
+    let idp = FileServer::start();
+    idp.put("jwks.json", &jwks(&["rsa-1"]));
+    let admin = free_port();
+    let gw = gateway(&echo, admin, &idp.url("/jwks.json"), "");
+    let url = gw.url("/any");
+    let brief = signed("rsa-1", "https://idp.test", &["--ttl", "2s"]);
+    let issued = Instant::now();
+
+    assert_eq!(get(&url, Some(&brief)).await.status, 200);
+    assert_eq!(get(&url, Some(&brief)).await.status, 200);
+    assert!(lookups(admin, "hit").await >= 1.0);
+    // `exp` has one-second resolution: past exp + 1 s it is expired whatever the rounding.
+    tokio::time::sleep(Duration::from_millis(3100).saturating_sub(issued.elapsed())).await;
+    let r = get(&url, Some(&brief)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|h| h.contains("token expired")),
+        "{:?}",
+        r.header("www-authenticate")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_voids_the_tokens_verified_with_the_old_keys() {
+    let echo = Echo::start();
+    let idp = FileServer::start();
+    idp.put("jwks.json", &jwks(&["rsa-1"]));
+    let admin = free_port();
+    let gw = gateway(&echo, admin, &idp.url("/jwks.json"), "");
+    let url = gw.url("/any");
+    let good = signed("rsa-1", "https://idp.test", &[]);
+    assert_eq!(get(&url, Some(&good)).await.status, 200);
+    assert_eq!(get(&url, Some(&good)).await.status, 200);
+
+    // Refetches of an unchanged key set keep the cache.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(&url, Some(&good)).await.status, 200);
+    assert_eq!(lookups(admin, "miss").await, 1.0);
+
+    // The provider withdraws the key (compromised, say): the cached token goes with it.
+    idp.put("jwks.json", &jwks(&["rsa-2"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&url, Some(&good)).await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "still accepted after the key went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_every_request_is_verified() {
+    let echo = Echo::start();
+    let idp = FileServer::start();
+    idp.put("jwks.json", &jwks(&["rsa-1"]));
+    let admin = free_port();
+    let gw = gateway(&echo, admin, &idp.url("/jwks.json"), "max_entries = 0");
+    let good = signed("rsa-1", "https://idp.test", &[]);
+    for _ in 0..5 {
+        assert_eq!(get(&gw.url("/any"), Some(&good)).await.status, 200);
+    }
+    assert_eq!(lookups(admin, "hit").await, 0.0);
+    assert_eq!(metric(admin, "portcullis_token_cache_entries").await, 0.0);
+}
