@@ -1,4 +1,5 @@
-//! Token verification cost: RS256 and ES256, through the same path a request takes.
+//! Token verification cost: RS256 and ES256, through the same path a request takes, cold
+//! (every token verified: `[token_cache] max_entries = 0`) and cached (a token seen before).
 
 use std::path::Path;
 
@@ -10,13 +11,16 @@ fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn snapshot() -> Snapshot {
+fn snapshot(cache_entries: usize) -> Snapshot {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = fixtures();
     let conf = format!(
         r#"
 [server]
 listen = ["127.0.0.1:1"]
+
+[token_cache]
+max_entries = {cache_entries}
 
 [issuers.rsa]
 issuer = "https://rsa.test"
@@ -58,7 +62,8 @@ fn mint(key: &str, alg: jsonwebtoken::Algorithm, kid: &str, iss: &str) -> String
 }
 
 fn verify(c: &mut Criterion) {
-    let snap = snapshot();
+    let cold = snapshot(0);
+    let cached = snapshot(1000);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -74,7 +79,13 @@ fn verify(c: &mut Criterion) {
         "ec-1",
         "https://ec.test",
     );
-    for (name, token) in [("verify_rs256", &rs), ("verify_es256", &es)] {
+    let runs = [
+        ("verify_rs256_cold", &cold, &rs),
+        ("verify_rs256_cached", &cached, &rs),
+        ("verify_es256_cold", &cold, &es),
+        ("verify_es256_cached", &cached, &es),
+    ];
+    for (name, snap, token) in runs {
         assert!(rt
             .block_on(snap.authenticator.authenticate(token, None, None))
             .is_ok());
@@ -95,7 +106,7 @@ fn verify(c: &mut Criterion) {
     let tampered = String::from_utf8(bytes).expect("ascii");
     c.bench_function("reject_bad_signature_rs256", |b| {
         b.iter(|| {
-            rt.block_on(snap.authenticator.authenticate(
+            rt.block_on(cached.authenticator.authenticate(
                 std::hint::black_box(&tampered),
                 None,
                 None,

@@ -354,6 +354,11 @@ pub struct ServerConf {
     /// Worker threads for the proxy service. Default: 1.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Whether idle threads take over connections queued on busy ones. Off, each thread runs
+    /// the connections it accepted to their end, as nginx's workers do: less coordination
+    /// per request. On helps when a few connections carry most of the traffic. Default: false.
+    #[serde(default)]
+    pub work_stealing: bool,
     /// After SIGTERM, how long `/readyz` fails while the gateway still serves, so load
     /// balancers stop sending new connections before the listeners close. Default: 5s.
     #[serde(default = "default_drain_delay", with = "humantime_serde")]

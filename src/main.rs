@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -117,7 +118,15 @@ struct TokenArgs {
     /// Extra claim `name=value` (value as JSON if it parses); repeatable.
     #[arg(long)]
     claim: Vec<String>,
+    /// Mint this many tokens, one per line, for subjects `SUB-1` to `SUB-N` (load tests).
+    #[arg(long)]
+    count: Option<u32>,
 }
+
+// glibc's allocator showed as a tenth of the CPU per request; mimalloc's thread-local free
+// lists fit a proxy's many short-lived allocations better.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // First of all: a SIGHUP during start-up must not kill the process.
@@ -172,7 +181,7 @@ fn check(conf: &Path) -> ExitCode {
 }
 
 fn mint(a: TokenArgs) -> ExitCode {
-    let spec = TokenSpec {
+    let mut spec = TokenSpec {
         alg: a.alg,
         kid: (!a.no_kid).then_some(a.kid),
         typ: a.typ,
@@ -187,11 +196,26 @@ fn mint(a: TokenArgs) -> ExitCode {
         not_before_in: a.not_before_in,
         claims: a.claim,
     };
-    match token::load_key(&a.key, a.alg).and_then(|k| token::mint(&k, &spec)) {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
+    let key = match token::load_key(&a.key, a.alg) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    let subjects: Vec<String> = match a.count {
+        None => vec![spec.subject.clone()],
+        Some(n) => (1..=n).map(|i| format!("{}-{i}", spec.subject)).collect(),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for subject in subjects {
+        spec.subject = subject;
+        let written = token::mint(&key, &spec)
+            .map_err(|e| e.to_string())
+            .and_then(|t| writeln!(out, "{t}").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return fail(e);
         }
+    }
+    match out.flush() {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.to_string()),
     }
 }
@@ -216,6 +240,7 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
 
     let conf = ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         pid_file: settings.pid_file.clone(),
         upgrade_sock: settings.upgrade_sock.clone(),
         grace_period_seconds: Some(settings.grace_period.as_secs()),

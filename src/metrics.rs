@@ -249,21 +249,29 @@ pub fn authentication(outcome: &str) {
     AUTHENTICATIONS.with_label_values(&[outcome]).inc();
 }
 
-static TOKEN_CACHE: Lazy<[IntCounter; 2]> = Lazy::new(|| {
+static TOKEN_CACHE: Lazy<[IntCounter; 3]> = Lazy::new(|| {
     let lookups = counter_vec(
         "token_cache_lookups_total",
-        "Verified-token cache lookups of authenticated requests: hit (no signature check) or \
-         miss (the token was verified).",
+        "Token cache lookups of authenticated requests: hit (a token verified before), refused \
+         (a token refused before, for a reason that still holds) or miss (the token was checked).",
         &["result"],
     );
     [
         lookups.with_label_values(&["hit"]),
+        lookups.with_label_values(&["refused"]),
         lookups.with_label_values(&["miss"]),
     ]
 });
 
-pub fn token_cache(hit: bool) {
-    TOKEN_CACHE[usize::from(!hit)].inc();
+#[derive(Debug, Clone, Copy)]
+pub enum TokenCacheResult {
+    Hit,
+    Refused,
+    Miss,
+}
+
+pub fn token_cache(result: TokenCacheResult) {
+    TOKEN_CACHE[result as usize].inc();
 }
 
 pub fn authorization_denied(route: &str, reason: &str) {

@@ -83,6 +83,9 @@ fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'sta
     if old.threads != new.threads {
         changed.push("server.threads");
     }
+    if old.work_stealing != new.work_stealing {
+        changed.push("server.work_stealing");
+    }
     if old.grace_period != new.grace_period || old.drain_delay != new.drain_delay {
         changed.push("server.grace_period / server.drain_delay");
     }

@@ -79,7 +79,10 @@ impl Rejection {
 pub struct Responses {
     realm: String,
     unauthorized: Reply,
+    /// The 401 of each [`AuthError::FIXED`], challenge included.
+    unauthorized_by_error: Vec<(AuthError, Reply)>,
     forbidden: Reply,
+    not_found: Reply,
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -107,21 +110,45 @@ impl Responses {
             Bytes::from(conf.forbidden_body.clone()),
         );
         forbidden.headers.push((WWW_AUTHENTICATE, forbidden_www));
-        Ok(Self {
+        let mut responses = Self {
             realm: conf.realm.clone(),
             unauthorized: Reply::new(
                 401,
                 value("unauthorized_content_type", &conf.unauthorized_content_type)?,
                 Bytes::from(conf.unauthorized_body.clone()),
             ),
+            unauthorized_by_error: Vec::new(),
             forbidden,
-        })
+            not_found: json_error(404, "not_found", "no route matches this request"),
+        };
+        responses.unauthorized_by_error = AuthError::FIXED
+            .iter()
+            .map(|&e| (e, responses.unauthorized(e)))
+            .collect();
+        Ok(responses)
+    }
+
+    fn unauthorized(&self, e: AuthError) -> Reply {
+        // RFC 6750 §3.1: no error code when the request carried no token at all.
+        let challenge = match e {
+            AuthError::Missing => format!("Bearer realm=\"{}\"", self.realm),
+            e => format!(
+                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{e}\"",
+                self.realm
+            ),
+        };
+        let mut reply = self.unauthorized.clone();
+        // The realm was checked at compile and error texts are fixed ASCII.
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            reply.headers.push((WWW_AUTHENTICATE, v));
+        }
+        reply
     }
 
     pub fn reply(&self, rejection: Rejection) -> Reply {
         match rejection {
             Rejection::BadPath(e) => json_error(400, "invalid_request", &e.to_string()),
-            Rejection::NotFound => json_error(404, "not_found", "no route matches this request"),
+            Rejection::NotFound => self.not_found.clone(),
             Rejection::Forbidden(_) => self.forbidden.clone(),
             // Retry-After and the quota headers come from the rate limiter.
             Rejection::Limited(v) => json_error(
@@ -142,20 +169,10 @@ impl Responses {
                 reply
             }
             Rejection::Unauthorized(e) => {
-                // RFC 6750 §3.1: no error code when the request carried no token at all.
-                let challenge = match e {
-                    AuthError::Missing => format!("Bearer realm=\"{}\"", self.realm),
-                    e => format!(
-                        "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{e}\"",
-                        self.realm
-                    ),
-                };
-                let mut reply = self.unauthorized.clone();
-                // The realm was checked at compile and error texts are fixed ASCII.
-                if let Ok(v) = HeaderValue::from_str(&challenge) {
-                    reply.headers.push((WWW_AUTHENTICATE, v));
+                match self.unauthorized_by_error.iter().find(|r| r.0 == e) {
+                    Some((_, reply)) => reply.clone(),
+                    None => self.unauthorized(e),
                 }
-                reply
             }
         }
     }
@@ -204,6 +221,27 @@ mod tests {
             .iter()
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn prebuilt_401s_carry_their_own_challenge() {
+        let r = Responses::compile(&ResponsesConf::default()).unwrap();
+        assert_eq!(r.unauthorized_by_error.len(), AuthError::FIXED.len());
+        for e in AuthError::FIXED {
+            let reply = r.reply(Rejection::Unauthorized(e));
+            let challenge = header(&reply, &WWW_AUTHENTICATE).unwrap();
+            assert_eq!(reply.status, 401);
+            assert!(
+                e == AuthError::Missing || challenge.contains(&e.to_string()),
+                "{e:?}: {challenge}"
+            );
+        }
+        let odd = r.reply(Rejection::Unauthorized(AuthError::InvalidClaim(
+            "sub is empty",
+        )));
+        assert!(header(&odd, &WWW_AUTHENTICATE)
+            .unwrap()
+            .contains("invalid claim: sub is empty"));
     }
 
     #[test]

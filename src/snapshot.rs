@@ -61,6 +61,7 @@ pub struct Route {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period: std::time::Duration,
     pub drain_delay: std::time::Duration,
     pub pid_file: String,
@@ -356,6 +357,7 @@ impl Compiler<'_> {
         Ok(ServerSettings {
             listen,
             threads: s.threads,
+            work_stealing: s.work_stealing,
             grace_period: s.grace_period,
             drain_delay: s.drain_delay,
             pid_file: s.pid_file.clone(),

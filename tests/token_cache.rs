@@ -20,9 +20,13 @@ fn jwks(names: &[&str]) -> String {
 }
 
 fn signed(key: &str, iss: &str, extra: &[&str]) -> String {
+    signed_as(key, key, iss, extra)
+}
+
+fn signed_as(key: &str, kid: &str, iss: &str, extra: &[&str]) -> String {
     let k = fixture(&format!("{key}.pem")).display().to_string();
     let mut args = vec![
-        "--key", &k, "--kid", key, "--iss", iss, "--aud", "api", "--sub", "u1",
+        "--key", &k, "--kid", kid, "--iss", iss, "--aud", "api", "--sub", "u1",
     ];
     args.extend_from_slice(extra);
     token(&args)
@@ -110,6 +114,14 @@ async fn a_token_is_verified_once_then_served_from_the_cache() {
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
     assert_eq!(get(&url, Some(&forged)).await.status, 401);
+    assert_eq!(lookups(admin, "miss").await, 3.0);
+    // Sent again, it is refused from the cache, with the same answer.
+    let r = get(&url, Some(&forged)).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|h| h.contains("bad signature")));
+    assert_eq!(lookups(admin, "refused").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,14 +161,23 @@ async fn a_key_change_voids_the_tokens_verified_with_the_old_keys() {
     let good = signed("rsa-1", "https://idp.test", &[]);
     assert_eq!(get(&url, Some(&good)).await.status, 200);
     assert_eq!(get(&url, Some(&good)).await.status, 200);
+    // Signed with rsa-2 but naming rsa-1's kid: a bad signature, remembered as refused.
+    let impostor = signed_as("rsa-2", "rsa-1", "https://idp.test", &[]);
+    assert_eq!(get(&url, Some(&impostor)).await.status, 401);
+    assert_eq!(get(&url, Some(&impostor)).await.status, 401);
+    assert_eq!(lookups(admin, "refused").await, 1.0);
 
     // Refetches of an unchanged key set keep the cache.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(get(&url, Some(&good)).await.status, 200);
-    assert_eq!(lookups(admin, "miss").await, 1.0);
+    assert_eq!(lookups(admin, "miss").await, 2.0);
 
-    // The provider withdraws the key (compromised, say): the cached token goes with it.
-    idp.put("jwks.json", &jwks(&["rsa-2"]));
+    // The provider replaces the key under the same kid (the old one was compromised, say):
+    // the cached token goes with the old key, and the refusal of the token signed with the new
+    // one is forgotten.
+    let mut replaced: serde_json::Value = serde_json::from_str(&jwks(&["rsa-2"])).unwrap();
+    replaced["keys"][0]["kid"] = "rsa-1".into();
+    idp.put("jwks.json", &replaced.to_string());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = get(&url, Some(&good)).await.status;

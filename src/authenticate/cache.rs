@@ -28,13 +28,26 @@ pub struct Verified {
     pub bound_to: Option<Vec<u8>>,
 }
 
-/// A bounded map from token digests to verified tokens; entries that are least used go first
-/// when it is full. Expired entries are refused on lookup and pushed out by newer ones.
-pub struct VerifiedTokens {
-    entries: Option<Cache<Digest, Arc<Verified>>>,
+/// A token refused for a reason that holds as long as the keys do (a bad signature, an
+/// expired or wrongly addressed token): a client retrying it is answered without another
+/// signature check.
+#[derive(Clone, Copy)]
+pub struct Refused {
+    pub error: super::AuthError,
+    /// The sum of every issuer's key generation at the time: any key change voids it.
+    pub key_epoch: u64,
 }
 
-impl VerifiedTokens {
+/// A bounded map from token digests to what is known of them; entries that are least used go
+/// first when it is full. Expired entries are refused on lookup and pushed out by newer ones.
+pub struct TokenCache<V> {
+    entries: Option<Cache<Digest, V>>,
+}
+
+pub type VerifiedTokens = TokenCache<Arc<Verified>>;
+pub type RefusedTokens = TokenCache<Refused>;
+
+impl<V: Clone> TokenCache<V> {
     /// A cache of at most `max_entries` tokens; none at all for 0.
     pub fn new(max_entries: usize) -> Self {
         Self {
@@ -46,13 +59,13 @@ impl VerifiedTokens {
         self.entries.is_some()
     }
 
-    pub fn get(&self, key: &Digest) -> Option<Arc<Verified>> {
+    pub fn get(&self, key: &Digest) -> Option<V> {
         self.entries.as_ref()?.get(key)
     }
 
-    pub fn insert(&self, key: Digest, verified: Arc<Verified>) {
+    pub fn insert(&self, key: Digest, value: V) {
         if let Some(entries) = &self.entries {
-            entries.insert(key, verified);
+            entries.insert(key, value);
         }
     }
 
@@ -61,7 +74,7 @@ impl VerifiedTokens {
     }
 }
 
-impl Default for VerifiedTokens {
+impl<V: Clone> Default for TokenCache<V> {
     fn default() -> Self {
         Self::new(0)
     }

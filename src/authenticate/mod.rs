@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use pingora_http::RequestHeader;
 
-use cache::{Verified, VerifiedTokens};
+use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
 pub use claims::{ClaimMap, ClaimPath};
 pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
 
@@ -99,6 +99,41 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every variant but [`AuthError::InvalidClaim`], whose texts vary: their answers can be
+    /// built in advance.
+    pub const FIXED: [AuthError; 15] = [
+        AuthError::Missing,
+        AuthError::Malformed,
+        AuthError::UnknownIssuer,
+        AuthError::IssuerNotAccepted,
+        AuthError::AlgorithmNotAllowed,
+        AuthError::KeysUnavailable,
+        AuthError::UnknownKey,
+        AuthError::KeyMismatch,
+        AuthError::BadSignature,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::MissingExpiry,
+        AuthError::WrongAudience,
+        AuthError::CertificateMismatch,
+        AuthError::UnboundToken,
+    ];
+
+    /// Whether the same token would be refused the same way until the issuer's keys change:
+    /// true for refusals made at or after the signature check, which is what is costly to
+    /// repeat, except `nbf` (time cures it).
+    fn holds_while_keys_do(self) -> bool {
+        matches!(
+            self,
+            AuthError::BadSignature
+                | AuthError::Expired
+                | AuthError::WrongAudience
+                | AuthError::MissingExpiry
+                | AuthError::UnboundToken
+                | AuthError::InvalidClaim(_)
+        )
+    }
+
     /// A stable, short label for logs and metrics.
     pub fn reason(self) -> &'static str {
         match self {
@@ -198,12 +233,16 @@ pub struct Authenticator {
     by_iss: HashMap<Box<str>, IssuerId>,
     extra_claims: Vec<ClaimPath>,
     verified: VerifiedTokens,
+    /// Kept apart, so that a flood of bad tokens cannot push good ones out.
+    refused: RefusedTokens,
 }
 
 impl Authenticator {
     /// Remembers up to `max_entries` verified tokens (none for 0).
+    /// Refusals that hold while the keys do are remembered too, in an eighth of that.
     pub fn cache_verified(&mut self, max_entries: usize) {
         self.verified = VerifiedTokens::new(max_entries);
+        self.refused = RefusedTokens::new(max_entries.div_ceil(8));
     }
 
     /// How many verified tokens are remembered now.
@@ -248,24 +287,48 @@ impl Authenticator {
         accepted: Option<&[IssuerId]>,
         client_cert_sha256: Option<&[u8]>,
     ) -> Result<Arc<Principal>, AuthError> {
+        use crate::metrics::{token_cache, TokenCacheResult};
         let key = self.verified.enabled().then(|| cache::digest(token));
         let cached = key.as_ref().and_then(|k| self.verified.get(k));
         let verified = match cached {
             Some(v) if self.issuers[v.issuer].keys.generation() == v.key_generation => {
-                crate::metrics::token_cache(true);
+                token_cache(TokenCacheResult::Hit);
                 v
             }
             _ => {
-                let verified = Arc::new(self.verify(token).await?);
-                if let Some(key) = key {
-                    crate::metrics::token_cache(false);
-                    self.verified.insert(key, verified.clone());
+                let epoch = self.key_epoch();
+                let refused = key.as_ref().and_then(|k| self.refused.get(k));
+                if let Some(r) = refused.filter(|r| r.key_epoch == epoch) {
+                    token_cache(TokenCacheResult::Refused);
+                    return Err(r.error);
                 }
-                verified
+                let outcome = self.verify(token).await.map(Arc::new);
+                if let Some(key) = key {
+                    token_cache(TokenCacheResult::Miss);
+                    match &outcome {
+                        Ok(v) => self.verified.insert(key, v.clone()),
+                        Err(e) if e.holds_while_keys_do() => self.refused.insert(
+                            key,
+                            Refused {
+                                error: *e,
+                                key_epoch: epoch,
+                            },
+                        ),
+                        Err(_) => {}
+                    }
+                }
+                outcome?
             }
         };
         self.admit_use(&verified, accepted, client_cert_sha256, unix_now())?;
         Ok(verified.principal.clone())
+    }
+
+    /// Changes whenever any issuer's keys do.
+    fn key_epoch(&self) -> u64 {
+        self.issuers
+            .iter()
+            .fold(0, |sum, i| sum.wrapping_add(i.keys.generation()))
     }
 
     /// The checks that depend on where and when a verified token is used, made on every use.
