@@ -303,7 +303,7 @@ limits = ["1000000/second"]'
   fi
 
   for name in upstream nginx haproxy-jwt pingora portcullis-off portcullis; do
-    kill "${PID[$name]}" 2>/dev/null || true
+    kill -KILL "${PID[$name]}" 2>/dev/null || true
     wait "${PID[$name]}" 2>/dev/null || true
   done
 done
