@@ -44,6 +44,7 @@ fn principal(roles: &[&str]) -> Principal {
             .collect(),
         valid_until: Some(u64::MAX),
         extra: vec![],
+        recheck_every: None,
     }
 }
 

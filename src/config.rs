@@ -576,6 +576,109 @@ pub struct IssuerConf {
     /// `[issuers.NAME.claims]`: where identity is found in this issuer's tokens.
     #[serde(default)]
     pub claims: ClaimsConf,
+    /// `[issuers.NAME.introspection]`: ask the provider whether tokens are active (RFC 7662).
+    pub introspection: Option<IntrospectionConf>,
+}
+
+/// Which tokens of an issuer are introspected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionMode {
+    /// Tokens that are not JWTs (reference tokens); JWTs are verified locally.
+    #[default]
+    Opaque,
+    /// Every token: a JWT is verified locally and must also be active at the provider, so a
+    /// logout or a revocation takes effect before its `exp`.
+    Always,
+    Off,
+}
+
+/// How the gateway authenticates itself to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the URL-encoded client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// `[issuers.NAME.introspection]`: token introspection (RFC 7662).
+///
+/// A token that is not a JWT carries no `iss`, so at most one issuer may introspect.
+/// Answers are remembered by the token's SHA-256, never the token; concurrent requests with
+/// the same unremembered token wait for one call.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConf {
+    /// `opaque` (default), `always` or `off`.
+    #[serde(default)]
+    pub mode: IntrospectionMode,
+    /// The introspection endpoint. Default: `introspection_endpoint` from the issuer's OIDC
+    /// discovery document (`discovery_url`, or `issuer` + `/.well-known/openid-configuration`).
+    pub endpoint: Option<String>,
+    /// The gateway's client id at the provider.
+    pub client_id: String,
+    /// The client secret, read from this file (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// The client secret, read from this environment variable.
+    pub client_secret_env: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Time limit of one introspection, waiting for a free slot included. Default: 2s.
+    #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At most this many introspections in flight at once. Default: 64.
+    #[serde(default = "default_introspection_concurrency")]
+    pub max_concurrent: usize,
+    /// Longest an `active` answer is remembered; never past the token's `exp`. 0 asks on
+    /// every request. Default: 60s.
+    #[serde(default = "default_introspection_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long a refusal (`active: false`, or claims the route cannot accept) is remembered.
+    /// Default: 10s.
+    #[serde(
+        default = "default_introspection_negative_ttl",
+        with = "humantime_serde"
+    )]
+    pub negative_cache_ttl: Duration,
+    /// Most answers remembered. Default: 65536.
+    #[serde(default = "default_introspection_entries")]
+    pub cache_max_entries: usize,
+    /// The `Retry-After` of the 503 given when the provider cannot be asked. Default: 5s.
+    #[serde(
+        default = "default_introspection_retry_after",
+        with = "humantime_serde"
+    )]
+    pub retry_after: Duration,
+    /// An open WebSocket whose token is introspected is checked again this often, and closed
+    /// (4004) once the token is no longer active. 0 never checks. Default: 60s.
+    #[serde(default = "default_introspection_recheck", with = "humantime_serde")]
+    pub websocket_recheck: Duration,
+}
+
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_introspection_concurrency() -> usize {
+    64
+}
+fn default_introspection_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_introspection_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_introspection_entries() -> usize {
+    65536
+}
+fn default_introspection_retry_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_introspection_recheck() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_service_tokens() -> String {

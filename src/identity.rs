@@ -152,6 +152,7 @@ mod tests {
             scopes: vec![],
             valid_until: None,
             extra: Vec::new(),
+            recheck_every: None,
         }
     }
 

@@ -274,6 +274,63 @@ pub fn token_cache(result: TokenCacheResult) {
     TOKEN_CACHE[result as usize].inc();
 }
 
+static INTROSPECTION_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "introspection_cache_lookups_total",
+        "Introspected tokens by issuer: hit (an answer remembered), shared (the answer of a \
+         call made for another request at the same time) or miss (a call was made).",
+        &["issuer", "result"],
+    )
+});
+
+static INTROSPECTION_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "introspection_calls_total",
+        "Calls to introspection endpoints by issuer and result: active, inactive, timeout, \
+         error (unreachable, bad status or body) or busy (max_concurrent calls in flight).",
+        &["issuer", "result"],
+    )
+});
+
+static INTROSPECTION_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "introspection_duration_seconds",
+        "Time of calls to introspection endpoints, by issuer.",
+        &["issuer"],
+        LATENCY,
+    )
+});
+
+#[derive(Debug, Clone, Copy)]
+pub enum IntrospectionLookup {
+    Hit,
+    Shared,
+    Miss,
+}
+
+pub fn introspection_lookup(issuer: &str, result: IntrospectionLookup) {
+    let result = match result {
+        IntrospectionLookup::Hit => "hit",
+        IntrospectionLookup::Shared => "shared",
+        IntrospectionLookup::Miss => "miss",
+    };
+    INTROSPECTION_LOOKUPS
+        .with_label_values(&[issuer, result])
+        .inc();
+}
+
+pub fn introspection_call(issuer: &str, result: &str) {
+    INTROSPECTION_CALLS
+        .with_label_values(&[issuer, result])
+        .inc();
+}
+
+pub fn introspection_duration(issuer: &str, took: Duration) {
+    INTROSPECTION_DURATION
+        .with_label_values(&[issuer])
+        .observe(took.as_secs_f64());
+}
+
 pub fn authorization_denied(route: &str, reason: &str) {
     AUTHORIZATION_DENIALS
         .with_label_values(&[route, reason])
@@ -358,6 +415,7 @@ struct SnapshotCollector {
     key_age: GaugeVec,
     keys: IntGaugeVec,
     cached_tokens: IntGauge,
+    introspection_entries: IntGaugeVec,
     target_up: IntGaugeVec,
     descs: Vec<Desc>,
 }
@@ -390,6 +448,13 @@ impl SnapshotCollector {
             "token_cache_entries",
             "Verified tokens remembered by the running config.",
         )?;
+        let introspection_entries = IntGaugeVec::new(
+            Opts::new(
+                "introspection_cache_entries",
+                "Introspection answers remembered, by issuer.",
+            ),
+            &["issuer"],
+        )?;
         let target_up = IntGaugeVec::new(
             Opts::new(
                 "upstream_target_up",
@@ -403,6 +468,7 @@ impl SnapshotCollector {
             key_age.desc(),
             keys.desc(),
             cached_tokens.desc(),
+            introspection_entries.desc(),
             target_up.desc(),
         ]
         .into_iter()
@@ -416,6 +482,7 @@ impl SnapshotCollector {
             key_age,
             keys,
             cached_tokens,
+            introspection_entries,
             target_up,
             descs,
         })
@@ -460,6 +527,14 @@ impl Collector for SnapshotCollector {
         }
         self.cached_tokens
             .set(i64::try_from(snap.authenticator.cached_tokens()).unwrap_or(i64::MAX));
+        self.introspection_entries.reset();
+        for issuer in snap.authenticator.issuers() {
+            if let Some(introspector) = &issuer.introspection {
+                self.introspection_entries
+                    .with_label_values(&[&*issuer.name])
+                    .set(i64::try_from(introspector.cached()).unwrap_or(i64::MAX));
+            }
+        }
         for upstream in &snap.upstreams {
             for (i, target) in upstream.targets().iter().enumerate() {
                 self.target_up
@@ -473,6 +548,7 @@ impl Collector for SnapshotCollector {
             self.key_age.collect(),
             self.keys.collect(),
             self.cached_tokens.collect(),
+            self.introspection_entries.collect(),
             self.target_up.collect(),
         ]
         .into_iter()

@@ -169,6 +169,7 @@ fn audit(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Rejection>) {
                     Cow::Owned(format!("rate_limited:{}", snap.rate_limiter.tier_name(v)))
                 }
                 Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
+                Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
             };
             ("deny", Some(r.status()), reason)
         }
@@ -221,14 +222,8 @@ async fn admit<'s>(
     let principal: Option<Arc<Principal>> = match route.access {
         Access::Public => None,
         Access::Authenticated => {
-            let token = match &route.websocket {
-                // Browsers cannot set headers on a WebSocket: the route says where else to look.
-                Some(sources) if handshake::is_websocket(req) => {
-                    handshake::token(req, sources, &snap.websocket)
-                }
-                _ => bearer_token(req).map(Cow::Borrowed),
-            };
-            let token = token.inspect_err(|e| metrics::authentication(e.reason()));
+            let token =
+                token_of(req, route, snap).inspect_err(|e| metrics::authentication(e.reason()));
             let token = token.map_err(Rejection::Unauthorized)?;
             if snap.logs.audit.is_some() {
                 ctx.token_id = Some(logs::token_fingerprint(&token));
@@ -242,13 +237,28 @@ async fn admit<'s>(
                 )
                 .await;
             metrics::authentication(principal.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
-            Some(principal.map_err(Rejection::Unauthorized)?)
+            Some(principal.map_err(Rejection::from)?)
         }
     };
 
     let outcome = admit_caller(req, snap, route, principal.as_deref(), ctx).await;
     ctx.principal = principal;
     outcome
+}
+
+/// The request's token: its bearer token, or where the route says a WebSocket carries it
+/// (browsers cannot set headers on a WebSocket).
+fn token_of<'r>(
+    req: &'r RequestHeader,
+    route: &Route,
+    snap: &Snapshot,
+) -> Result<Cow<'r, str>, AuthError> {
+    match &route.websocket {
+        Some(sources) if handshake::is_websocket(req) => {
+            handshake::token(req, sources, &snap.websocket)
+        }
+        _ => bearer_token(req).map(Cow::Borrowed),
+    }
 }
 
 /// Steps 3 to 5 of [`admit`], for a caller authenticated (or not) on its route.
@@ -339,7 +349,8 @@ fn prepare_upstream_request(req: &mut RequestHeader, ctx: &mut RequestCtx) -> Re
     Ok(())
 }
 
-/// Validates renewal tokens of one WebSocket against the config current at the time.
+/// Validates the tokens of one WebSocket against the config current at the time: renewal
+/// tokens as they arrive, and the token in use when it is introspected again.
 struct Renewal {
     config: SharedSnapshot,
     host: Option<String>,
@@ -347,31 +358,81 @@ struct Renewal {
     subject: String,
     tenant: Option<String>,
     cert: Option<Vec<u8>>,
+    /// The token the connection lives by now: the one it was opened with, or the last renewal.
+    token: std::sync::Mutex<String>,
 }
 
-#[async_trait]
-impl Renew for Renewal {
-    async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str> {
+/// Why a token does not keep a WebSocket open.
+enum Unfit {
+    Token(AuthError),
+    /// The route is gone or no longer authenticated (a reload changed it).
+    NoRoute,
+    /// Another subject or tenant than the connection's.
+    OtherSubject,
+    Forbidden(crate::authorize::Forbidden),
+}
+
+impl Unfit {
+    fn reason(&self) -> &'static str {
+        match self {
+            Unfit::Token(e) => e.reason(),
+            Unfit::NoRoute => "no_route",
+            Unfit::OtherSubject => "other_subject",
+            Unfit::Forbidden(f) => f.reason(),
+        }
+    }
+}
+
+impl Renewal {
+    /// The token's deadline, if it is still good for this connection.
+    async fn check(&self, token: &str) -> Result<Option<Instant>, Unfit> {
         let snap = self.config.load_full();
         let route = snap
             .router
             .find_index(self.host.as_deref(), &self.path, &http::Method::GET)
             .and_then(|i| snap.router.routes().get(i))
             .filter(|r| r.access == Access::Authenticated)
-            .ok_or("no_route")?;
+            .ok_or(Unfit::NoRoute)?;
         let principal = snap
             .authenticator
             .authenticate(token, route.issuers.as_deref(), self.cert.as_deref())
             .await
-            .map_err(AuthError::reason)?;
+            .map_err(Unfit::Token)?;
         if principal.subject != self.subject || principal.tenant != self.tenant {
-            return Err("other_subject");
+            return Err(Unfit::OtherSubject);
         }
         route
             .policy
             .authorize(&http::Method::GET, &principal)
-            .map_err(|e| e.reason())?;
+            .map_err(Unfit::Forbidden)?;
         Ok(websocket::deadline(principal.valid_until))
+    }
+
+    fn current_token(&self) -> String {
+        self.token.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Whether the token in use is still active. A provider that cannot be asked ends no
+    /// connection: the next check asks again, and the token's `exp` still holds.
+    async fn still_active(&self) -> bool {
+        match self.check(&self.current_token()).await {
+            Ok(_) | Err(Unfit::Token(AuthError::Undecided { .. })) => true,
+            Err(e) => {
+                log::info!("websocket of {} ends: {}", self.subject, e.reason());
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Renew for Renewal {
+    async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str> {
+        let deadline = self.check(token).await.map_err(|e| e.reason())?;
+        if let Ok(mut current) = self.token.lock() {
+            token.clone_into(&mut current);
+        }
+        Ok(deadline)
     }
 }
 
@@ -444,7 +505,14 @@ impl Gateway {
         ctx.websocket = Some(Held::new(metrics::websockets_open()));
 
         let principal = ctx.principal.as_ref();
-        let renewal = Renewal {
+        let route = ctx.route.and_then(|i| snap.router.routes().get(i));
+        let token = match (principal, route) {
+            (Some(_), Some(route)) => token_of(session.req_header(), route, &snap)
+                .map(Cow::into_owned)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let renewal = Arc::new(Renewal {
             config: self.config.clone(),
             host: host_of(session.req_header()).map(str::to_owned),
             path: route::normalize(session.req_header().uri.path())
@@ -453,15 +521,25 @@ impl Gateway {
             subject: principal.map(|p| p.subject.clone()).unwrap_or_default(),
             tenant: principal.and_then(|p| p.tenant.clone()),
             cert: ctx.downstream.cert.as_ref().map(|c| c.sha256.clone()),
-        };
+            token: std::sync::Mutex::new(token),
+        });
         // Nothing to renew on a public route: every message goes through.
-        let renew = principal.is_some().then_some(&renewal as &dyn Renew);
+        let renew = principal.is_some().then_some(&*renewal as &dyn Renew);
+        // An introspected token may be revoked before it expires: ask again now and then.
+        let revoked = principal.and_then(|p| p.recheck_every).map(|every| {
+            let renewal = renewal.clone();
+            websocket::watch_revocation(every, move || {
+                let renewal = renewal.clone();
+                async move { renewal.still_active().await }
+            })
+        });
         let relay = Relay::new(
             &snap.websocket,
             deflate,
             principal.and_then(|p| websocket::deadline(p.valid_until)),
             self.websockets.register(&renewal.subject),
             renew,
+            revoked,
         );
         let ending = relay.run(session, backend.into_inner(), first).await;
         log::debug!(

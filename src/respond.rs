@@ -59,6 +59,19 @@ pub enum Rejection {
     Limited(Verdict),
     /// The tier's limit store is unreachable and the tier fails closed.
     LimiterUnavailable(StoreUnavailable),
+    /// The token's issuer could not be asked whether it is active.
+    Undecided {
+        retry_after_secs: u32,
+    },
+}
+
+impl From<AuthError> for Rejection {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Undecided { retry_after_secs } => Rejection::Undecided { retry_after_secs },
+            e => Rejection::Unauthorized(e),
+        }
+    }
 }
 
 impl Rejection {
@@ -69,7 +82,7 @@ impl Rejection {
             Rejection::Unauthorized(_) => 401,
             Rejection::Forbidden(_) => 403,
             Rejection::Limited(_) => 429,
-            Rejection::LimiterUnavailable(_) => 503,
+            Rejection::LimiterUnavailable(_) | Rejection::Undecided { .. } => 503,
         }
     }
 }
@@ -157,17 +170,12 @@ impl Responses {
                 &format!("too many requests; retry after {} s", v.retry_after_secs()),
             ),
             Rejection::LimiterUnavailable(u) => {
-                let mut reply = json_error(
-                    503,
-                    "temporarily_unavailable",
-                    "the rate limit store is unavailable",
-                );
-                reply.headers.push((
-                    http::header::RETRY_AFTER,
-                    HeaderValue::from(u.retry_after_secs),
-                ));
-                reply
+                unavailable("the rate limit store is unavailable", u.retry_after_secs)
             }
+            Rejection::Undecided { retry_after_secs } => unavailable(
+                "the identity provider could not be asked whether the token is active",
+                retry_after_secs.into(),
+            ),
             Rejection::Unauthorized(e) => {
                 match self.unauthorized_by_error.iter().find(|r| r.0 == e) {
                     Some((_, reply)) => reply.clone(),
@@ -205,6 +213,15 @@ impl Responses {
             ),
         }
     }
+}
+
+fn unavailable(description: &str, retry_after_secs: u64) -> Reply {
+    let mut reply = json_error(503, "temporarily_unavailable", description);
+    reply.headers.push((
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs),
+    ));
+    reply
 }
 
 fn json_error(status: u16, error: &str, description: &str) -> Reply {

@@ -16,12 +16,14 @@ use jsonwebtoken::DecodingKey;
 use toml::Spanned;
 
 use crate::authenticate::{
-    Authenticator, ClaimMap, Issuer, IssuerId, KeySource, KeyStore, ServiceTokenRule,
+    AddError, Authenticator, ClaimMap, IntrospectionEndpoint, Introspector, Issuer, IssuerId,
+    KeySource, KeyStore, ServiceTokenRule,
 };
 use crate::authorize::{Policy, Rule};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{
-    self, Access, Config, ConfigError, IssuerConf, RouteCallers, RouteConf, SourceFile, TokenSource,
+    self, Access, Config, ConfigError, IntrospectionConf, IssuerConf, RouteCallers, RouteConf,
+    SourceFile, TokenSource,
 };
 use crate::identity::IdentityHeaders;
 use crate::logs::{Destination, Logs};
@@ -118,13 +120,20 @@ impl Snapshot {
         let mut issuer_ids = BTreeMap::new();
         for (name, conf) in &config.issuers {
             let issuer = c.issuer(name, conf, previous)?;
-            let id = authenticator.add(issuer).map_err(|other| {
-                c.in_table(
-                    conf,
-                    &format!("issuers.{name}"),
-                    "issuer",
-                    &format!("same `issuer` as issuers.{other}"),
-                )
+            let id = authenticator.add(issuer).map_err(|e| {
+                let (field, message) = match e {
+                    AddError::SameIss(other) => {
+                        ("issuer", format!("same `issuer` as issuers.{other}"))
+                    }
+                    AddError::SecondIntrospector(other) => (
+                        "introspection",
+                        format!(
+                            "issuers.{other} introspects tokens too; a token that is not a \
+                             JWT names no issuer, so only one issuer may introspect"
+                        ),
+                    ),
+                };
+                c.in_table(conf, &format!("issuers.{name}"), field, &message)
             })?;
             issuer_ids.insert(name.as_str(), id);
         }
@@ -434,41 +443,28 @@ impl Compiler<'_> {
             .iter()
             .any(|a| a.family() != jsonwebtoken::AlgorithmFamily::Hmac);
 
-        let hmac = match (&conf.hmac_secret_file, &conf.hmac_secret_env) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "hmac_secret_env",
-                    "set hmac_secret_file or hmac_secret_env, not both",
-                ))
-            }
-            (None, None) if uses_hmac => {
+        let secret = self
+            .secret(
+                conf.hmac_secret_file.as_deref(),
+                conf.hmac_secret_env.as_deref(),
+                ("hmac_secret_file", "hmac_secret_env"),
+            )
+            .map_err(|(field, m)| err(field, &m))?;
+        let hmac = match secret {
+            None if uses_hmac => {
                 return Err(err(
                     "algorithms",
                     "HS* algorithms need hmac_secret_file or hmac_secret_env",
                 ))
             }
-            (None, None) => None,
-            _ if !uses_hmac => {
+            None => None,
+            Some(_) if !uses_hmac => {
                 return Err(err(
                     "algorithms",
                     "a shared secret is configured but no HS* algorithm is allowed",
                 ))
             }
-            (Some(file), None) => {
-                let path = self.relative(file);
-                let secret = std::fs::read(&path)
-                    .map_err(|e| err("hmac_secret_file", &format!("{}: {e}", path.display())))?;
-                Some(hmac_key(trim_newline(&secret)).map_err(|m| err("hmac_secret_file", m))?)
-            }
-            (None, Some(var)) => {
-                let secret = std::env::var(var).map_err(|_| {
-                    err(
-                        "hmac_secret_env",
-                        &format!("environment variable {var} is not set"),
-                    )
-                })?;
-                Some(hmac_key(secret.as_bytes()).map_err(|m| err("hmac_secret_env", m))?)
-            }
+            Some((field, secret)) => Some(hmac_key(&secret).map_err(|m| err(field, m))?),
         };
 
         let discovery_url = match (&conf.discovery_url, conf.discovery) {
@@ -478,6 +474,12 @@ impl Compiler<'_> {
                 conf.issuer.trim_end_matches('/')
             )),
             (None, false) => None,
+        };
+        let introspection = match &conf.introspection {
+            None => None,
+            Some(i) => {
+                Some(self.introspector(name, spanned, i, discovery_url.as_deref(), previous)?)
+            }
         };
         let discovery_key = if conf.discovery_url.is_some() {
             "discovery_url"
@@ -565,7 +567,119 @@ impl Compiler<'_> {
             claims,
             service_tokens,
             require_bound_tokens: conf.require_bound_tokens,
+            introspection,
         })
+    }
+
+    /// `[issuers.NAME.introspection]`; the previous config's introspector is kept, with what
+    /// it remembers, when nothing about it changed.
+    fn introspector(
+        &self,
+        name: &str,
+        spanned: &Spanned<IssuerConf>,
+        conf: &IntrospectionConf,
+        discovery_url: Option<&str>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Arc<Introspector>, ConfigError> {
+        let issuer = spanned.get_ref();
+        let key = format!("issuers.{name}.introspection");
+        let header = format!("[{key}]");
+        let err = |field: &str, m: &str| {
+            let at = self
+                .find_line(0, self.source.text.len(), &header)
+                .map(|at| self.field_line(at + header.len(), field).unwrap_or(at))
+                .unwrap_or(spanned.span().start);
+            self.source.error(at, format!("{key}.{field}: {m}"))
+        };
+        if conf.client_id.is_empty() {
+            return Err(err("client_id", "must not be empty"));
+        }
+        let secret = match self.secret(
+            conf.client_secret_file.as_deref(),
+            conf.client_secret_env.as_deref(),
+            ("client_secret_file", "client_secret_env"),
+        ) {
+            Err((field, m)) => return Err(err(field, &m)),
+            Ok(None) => {
+                return Err(err(
+                    "client_secret_file",
+                    "the gateway authenticates to the endpoint: set client_secret_file or \
+                     client_secret_env",
+                ))
+            }
+            Ok(Some((field, secret))) => String::from_utf8(secret)
+                .map_err(|_| err(field, "the client secret is not UTF-8"))?,
+        };
+        for (field, value) in [("timeout", conf.timeout), ("retry_after", conf.retry_after)] {
+            if value.is_zero() {
+                return Err(err(field, "must be more than 0s"));
+            }
+        }
+        if conf.max_concurrent == 0 || conf.cache_max_entries == 0 {
+            let field = if conf.max_concurrent == 0 {
+                "max_concurrent"
+            } else {
+                "cache_max_entries"
+            };
+            return Err(err(field, "must be at least 1"));
+        }
+        let endpoint = match (&conf.endpoint, discovery_url) {
+            (Some(url), _) => {
+                check_url(url).map_err(|m| err("endpoint", m))?;
+                IntrospectionEndpoint::Fixed(url.clone())
+            }
+            (None, Some(url)) => IntrospectionEndpoint::Discovered {
+                url: url.to_owned(),
+                issuer: issuer.issuer.clone(),
+            },
+            (None, None) => {
+                return Err(err(
+                    "endpoint",
+                    "set the endpoint, or discovery = true on the issuer to find it",
+                ))
+            }
+        };
+        let reused = previous.and_then(|p| {
+            p.authenticator
+                .issuers()
+                .iter()
+                .filter(|i| &*i.name == name)
+                .find_map(|i| i.introspection.clone())
+                .filter(|i| i.same_as(conf, &secret, &endpoint))
+        });
+        Ok(reused.unwrap_or_else(|| {
+            Arc::new(Introspector::new(
+                conf.clone(),
+                secret,
+                name.into(),
+                endpoint,
+            ))
+        }))
+    }
+
+    /// A secret kept out of the config file, from a file (a trailing newline dropped) or an
+    /// environment variable; with the key it was read through.
+    fn secret<'k>(
+        &self,
+        file: Option<&std::path::Path>,
+        env: Option<&str>,
+        (file_key, env_key): (&'k str, &'k str),
+    ) -> Result<Option<Keyed<'k, Vec<u8>>>, Keyed<'k, String>> {
+        match (file, env) {
+            (Some(_), Some(_)) => Err((env_key, format!("set {file_key} or {env_key}, not both"))),
+            (None, None) => Ok(None),
+            (Some(file), None) => {
+                let path = self.relative(file);
+                let secret = std::fs::read(&path)
+                    .map_err(|e| (file_key, format!("{}: {e}", path.display())))?;
+                Ok(Some((file_key, trim_newline(&secret).to_vec())))
+            }
+            (None, Some(var)) => {
+                let secret = std::env::var(var)
+                    .map_err(|_| (env_key, format!("environment variable {var} is not set")))?;
+                Ok(Some((env_key, secret.into_bytes())))
+            }
+        }
     }
 
     fn route(
@@ -727,6 +841,9 @@ impl Compiler<'_> {
         })
     }
 }
+
+/// A value and the config key it came from.
+type Keyed<'k, T> = (&'k str, T);
 
 fn trim_newline(secret: &[u8]) -> &[u8] {
     let secret = secret.strip_suffix(b"\n").unwrap_or(secret);

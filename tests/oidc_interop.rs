@@ -2,58 +2,15 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use common::{get, Echo, Gateway, Provider};
 
-use common::{free_port, get, repo_path, wait_for_port, Echo, Gateway, Proc};
-
-const CLIENT: &str = "portcullis-test";
-const SECRET: &str = "portcullis-test-secret-0123456789";
+const CLIENT: &str = Provider::CLIENT;
 const API: &str = "https://api.portcullis.test";
-
-fn start_provider() -> (Proc, String) {
-    let dir = repo_path("tests/idp");
-    assert!(
-        dir.join("node_modules/oidc-provider").exists(),
-        "tests/idp/node_modules is missing: run the test command from the README (it runs `npm ci`)"
-    );
-    let port = free_port();
-    let child = Command::new("node")
-        .arg(dir.join("server.mjs"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node is needed for the interop tests");
-    let proc = Proc(child);
-    wait_for_port(port, "oidc-provider");
-    (proc, format!("http://127.0.0.1:{port}"))
-}
-
-/// A real client_credentials grant (RFC 6749 §4.4) for a resource indicator (RFC 8707).
-async fn client_credentials(issuer: &str, resource: &str, scope: &str) -> String {
-    let resp = common::client()
-        .post(format!("{issuer}/token"))
-        .basic_auth(CLIENT, Some(SECRET))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("resource", resource),
-            ("scope", scope),
-        ])
-        .send()
-        .await
-        .expect("token request");
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.expect("token response");
-    assert!(status.is_success(), "token endpoint: {status} {body}");
-    body["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
-}
 
 #[tokio::test]
 async fn tokens_from_a_real_provider_are_verified_through_discovery() {
-    let (_idp, issuer) = start_provider();
+    let idp = Provider::start();
+    let issuer = &idp.issuer;
     let echo = Echo::start();
     let gw = Gateway::start(&format!(
         r#"
@@ -99,7 +56,7 @@ roles = ["agent"]
         port = echo.port
     ));
 
-    let token = client_credentials(&issuer, API, "agents:read").await;
+    let token = idp.token(API, "agents:read").await;
     let header = jsonwebtoken::decode_header(&token).expect("JWT access token");
     assert_eq!(
         header.typ.as_deref(),
@@ -120,11 +77,13 @@ roles = ["agent"]
 
     // Authenticated, but the token lacks the scope.
     assert_eq!(get(&gw.url("/reports"), Some(&token)).await.status, 403);
-    let both = client_credentials(&issuer, API, "agents:read reports:read").await;
+    let both = idp.token(API, "agents:read reports:read").await;
     assert_eq!(get(&gw.url("/reports"), Some(&both)).await.status, 200);
 
     // The same provider, the same signature, another audience.
-    let other = client_credentials(&issuer, "https://other.portcullis.test", "agents:read").await;
+    let other = idp
+        .token("https://other.portcullis.test", "agents:read")
+        .await;
     let r = get(&gw.url("/agents"), Some(&other)).await;
     assert_eq!(r.status, 401);
     assert!(r

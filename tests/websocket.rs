@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{free_port, metric, rsa_token, Gateway, Redis};
+use common::{free_port, metric, rsa_token, Gateway, Provider, Redis};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -320,6 +320,69 @@ async fn an_idle_websocket_is_closed_at_expiry_with_identity_forwarded() {
         1.0
     );
     assert_eq!(metric(admin, "portcullis_websockets_open").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_websocket_closes_when_its_introspected_token_is_revoked() {
+    let idp = Provider::start();
+    let backend = Backend::start().await;
+    let env = "PORTCULLIS_TEST_INTROSPECTION_SECRET";
+    let gw = Gateway::start_with(
+        "",
+        &format!(
+            r#"
+[issuers.provider]
+issuer = "{issuer}"
+audiences = ["https://opaque.portcullis.test"]
+discovery = true
+
+[issuers.provider.introspection]
+client_id = "portcullis-gateway"
+client_secret_env = "{env}"
+cache_ttl = "1s"
+websocket_recheck = "1s"
+
+[upstreams.push]
+targets = ["127.0.0.1:{port}"]
+
+[[routes]]
+path = "/ws"
+access = "authenticated"
+callers = "any"
+upstream = "push"
+
+[routes.websocket]
+"#,
+            issuer = idp.issuer,
+            port = backend.port,
+        ),
+        &[(env, "portcullis-gateway-secret-0123456789")],
+    );
+    let token = idp
+        .token("https://opaque.portcullis.test", "agents:read")
+        .await;
+    let mut ws = open(&gw, &token).await;
+    round_trip(&mut ws, "hello").await;
+    // Checks that find the token active leave the connection alone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    round_trip(&mut ws, "still here").await;
+
+    idp.revoke(&token).await;
+    let revoked = now();
+    let (code, reason, at) = close_of(&mut ws, Duration::from_secs(6)).await;
+    assert_eq!((code, reason.as_str()), (4004, "token revoked"));
+    // At most one recheck interval plus the answer's cache time, and some slack.
+    assert!(
+        at - revoked < 3.5,
+        "closed {:.1} s after revocation",
+        at - revoked
+    );
+    wait_for(
+        || backend.last().close.is_some(),
+        "the backend's Close frame",
+    )
+    .await;
+    assert_eq!(backend.last().close, Some((4004, "token revoked".into())));
 }
 
 #[tokio::test]

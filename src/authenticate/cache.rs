@@ -97,6 +97,7 @@ mod tests {
                 scopes: vec![],
                 valid_until: None,
                 extra: vec![],
+                recheck_every: None,
             }),
             issuer: 0,
             key_generation: 1,

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use once_cell::sync::OnceCell;
 use serde_json::Value;
 
+use super::fetch::{self, FetchError};
 use crate::config::KeyRefreshConf;
 
-/// Upper bounds on what a provider can make the gateway hold.
-const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// Upper bound on what a provider can make the gateway hold.
 const MAX_KEYS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,22 +174,6 @@ pub enum KeySource {
         url: String,
         issuer: String,
     },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("cannot build HTTP client: {0}")]
-    Client(String),
-    #[error("{0}")]
-    Http(#[from] reqwest::Error),
-    #[error("HTTP status {0}")]
-    Status(u16),
-    #[error("document larger than {MAX_DOCUMENT_BYTES} bytes")]
-    TooLarge,
-    #[error("discovery: {0}")]
-    Discovery(String),
-    #[error("JWKS: {0}")]
-    Jwks(String),
 }
 
 /// Counters of one store, for metrics and tests.
@@ -373,91 +356,17 @@ impl KeyStore {
                 match cached {
                     Some(uri) => uri,
                     None => {
-                        let uri = discover(url, issuer, timeout).await?;
+                        let uri = fetch::discover(url, issuer, "jwks_uri", timeout).await?;
                         self.schedule().jwks_uri = Some(uri.clone());
                         uri
                     }
                 }
             }
         };
-        let (body, max_age) = get(&jwks_uri, timeout).await?;
+        let (body, max_age) = fetch::get(&jwks_uri, timeout).await?;
         let set = KeySet::parse(&body).map_err(FetchError::Jwks)?;
         Ok((set, max_age))
     }
-}
-
-async fn discover(url: &str, issuer: &str, timeout: Duration) -> Result<String, FetchError> {
-    let (body, _) = get(url, timeout).await?;
-    let doc: Value =
-        serde_json::from_slice(&body).map_err(|e| FetchError::Discovery(e.to_string()))?;
-    // OIDC Discovery §4.3: the document must name the issuer it was fetched for.
-    if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
-        return Err(FetchError::Discovery(format!(
-            "document's issuer is not {issuer:?}"
-        )));
-    }
-    doc.get("jwks_uri")
-        .and_then(Value::as_str)
-        .map(String::from)
-        .ok_or_else(|| FetchError::Discovery("no jwks_uri".into()))
-}
-
-fn http_client() -> Result<&'static reqwest::Client, FetchError> {
-    static CLIENT: OnceCell<reqwest::Client> = OnceCell::new();
-    CLIENT.get_or_try_init(|| {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::Client(e.to_string()))
-    })
-}
-
-/// GETs a JSON document, bounded in time and size. Returns it with its `max-age`, if any.
-async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-    let mut response = http_client()?
-        .get(url)
-        .header(http::header::ACCEPT, "application/json")
-        .timeout(timeout)
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        return Err(FetchError::Status(response.status().as_u16()));
-    }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-    {
-        return Err(FetchError::TooLarge);
-    }
-    let max_age = response
-        .headers()
-        .get(http::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(max_age);
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(FetchError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, max_age))
-}
-
-fn max_age(cache_control: &str) -> Option<Duration> {
-    cache_control.split(',').find_map(|directive| {
-        let (name, value) = directive.trim().split_once('=')?;
-        if !name.trim().eq_ignore_ascii_case("max-age") {
-            return None;
-        }
-        value
-            .trim()
-            .trim_matches('"')
-            .parse()
-            .ok()
-            .map(Duration::from_secs)
-    })
 }
 
 #[cfg(test)]
@@ -514,15 +423,5 @@ mod tests {
         assert!(set(&[ENC_JWK]).is_err());
         assert!(KeySet::parse(b"[]").is_err());
         assert!(KeySet::parse(b"not json").is_err());
-    }
-
-    #[test]
-    fn max_age_is_read_from_cache_control() {
-        assert_eq!(
-            max_age("public, max-age=600"),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(max_age("no-cache"), None);
-        assert_eq!(max_age("max-age=abc"), None);
     }
 }

@@ -6,18 +6,23 @@
 
 mod cache;
 mod claims;
+mod fetch;
+mod introspect;
 mod jwt;
 mod keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::config::IntrospectionMode;
 use pingora_http::RequestHeader;
 
 use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
 pub use claims::{ClaimMap, ClaimPath};
+pub use introspect::{Endpoint as IntrospectionEndpoint, Introspector};
 pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
 
 /// Whether a user stands behind a token.
@@ -44,6 +49,9 @@ pub struct Principal {
     pub valid_until: Option<u64>,
     /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
     pub extra: Vec<Option<String>>,
+    /// How often an open WebSocket must ask the provider again whether the token is still
+    /// active; `None` when the token is not introspected.
+    pub recheck_every: Option<Duration>,
 }
 
 impl Principal {
@@ -61,7 +69,7 @@ impl Principal {
     }
 }
 
-/// Why a request is not authenticated. Every variant is a 401.
+/// Why a request is not authenticated. Every variant is a 401 but [`AuthError::Undecided`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no bearer token")]
@@ -96,12 +104,17 @@ pub enum AuthError {
     UnboundToken,
     #[error("invalid claim: {0}")]
     InvalidClaim(&'static str),
+    #[error("token not active")]
+    Inactive,
+    /// The provider could not be asked whether the token is active: a 503, not a 401.
+    #[error("token could not be checked")]
+    Undecided { retry_after_secs: u32 },
 }
 
 impl AuthError {
-    /// Every variant but [`AuthError::InvalidClaim`], whose texts vary: their answers can be
+    /// Every 401 but [`AuthError::InvalidClaim`], whose texts vary: their answers can be
     /// built in advance.
-    pub const FIXED: [AuthError; 15] = [
+    pub const FIXED: [AuthError; 16] = [
         AuthError::Missing,
         AuthError::Malformed,
         AuthError::UnknownIssuer,
@@ -117,6 +130,7 @@ impl AuthError {
         AuthError::WrongAudience,
         AuthError::CertificateMismatch,
         AuthError::UnboundToken,
+        AuthError::Inactive,
     ];
 
     /// Whether the same token would be refused the same way until the issuer's keys change:
@@ -153,6 +167,8 @@ impl AuthError {
             AuthError::CertificateMismatch => "certificate_mismatch",
             AuthError::UnboundToken => "unbound_token",
             AuthError::InvalidClaim(_) => "invalid_claim",
+            AuthError::Inactive => "inactive",
+            AuthError::Undecided { .. } => "introspection_unavailable",
         }
     }
 }
@@ -217,6 +233,31 @@ pub struct Issuer {
     pub claims: ClaimMap,
     pub service_tokens: ServiceTokenRule,
     pub require_bound_tokens: bool,
+    pub introspection: Option<Arc<Introspector>>,
+}
+
+impl Issuer {
+    fn introspects(&self, mode: IntrospectionMode) -> Option<&Introspector> {
+        self.introspection.as_deref().filter(|i| i.mode() == mode)
+    }
+}
+
+/// Who vouched for a token's claims.
+#[derive(Clone, Copy)]
+enum Vouched {
+    /// Its signature, with keys of this generation.
+    Signature { key_generation: u64 },
+    /// The provider, asked by introspection.
+    Introspection,
+}
+
+/// Why an issuer cannot be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    #[error("issuer {0} has the same `issuer`")]
+    SameIss(Arc<str>),
+    #[error("issuer {0} introspects tokens too; a token that is not a JWT names no issuer, so only one may")]
+    SecondIntrospector(Arc<str>),
 }
 
 /// Index of an issuer in an [`Authenticator`]; routes refer to issuers this way.
@@ -235,6 +276,8 @@ pub struct Authenticator {
     verified: VerifiedTokens,
     /// Kept apart, so that a flood of bad tokens cannot push good ones out.
     refused: RefusedTokens,
+    /// The issuer asked about tokens that are not JWTs.
+    opaque: Option<IssuerId>,
 }
 
 impl Authenticator {
@@ -250,11 +293,24 @@ impl Authenticator {
         self.verified.len()
     }
 
-    /// Adds an issuer; fails if another one has the same `iss`.
-    pub fn add(&mut self, issuer: Issuer) -> Result<IssuerId, Arc<str>> {
+    /// Adds an issuer; fails if another one has the same `iss`, or if both introspect
+    /// tokens (a token that is not a JWT names no issuer).
+    pub fn add(&mut self, issuer: Issuer) -> Result<IssuerId, AddError> {
         let id = self.issuers.len();
         if let Some(&other) = self.by_iss.get(&issuer.iss) {
-            return Err(self.issuers[other].name.clone());
+            return Err(AddError::SameIss(self.issuers[other].name.clone()));
+        }
+        let introspects = issuer
+            .introspection
+            .as_ref()
+            .is_some_and(|i| i.mode() != IntrospectionMode::Off);
+        if introspects {
+            if let Some(other) = self.opaque {
+                return Err(AddError::SecondIntrospector(
+                    self.issuers[other].name.clone(),
+                ));
+            }
+            self.opaque = Some(id);
         }
         self.by_iss.insert(issuer.iss.clone(), id);
         self.issuers.push(issuer);
@@ -287,41 +343,97 @@ impl Authenticator {
         accepted: Option<&[IssuerId]>,
         client_cert_sha256: Option<&[u8]>,
     ) -> Result<Arc<Principal>, AuthError> {
-        use crate::metrics::{token_cache, TokenCacheResult};
-        let key = self.verified.enabled().then(|| cache::digest(token));
-        let cached = key.as_ref().and_then(|k| self.verified.get(k));
-        let verified = match cached {
-            Some(v) if self.issuers[v.issuer].keys.generation() == v.key_generation => {
-                token_cache(TokenCacheResult::Hit);
-                v
-            }
+        let opaque = self.opaque.filter(|_| !jwt::is_compact(token));
+        let key = (opaque.is_some() || self.verified.enabled()).then(|| cache::digest(token));
+        let verified = match (opaque, &key) {
+            (Some(id), Some(key)) => self.introspect_opaque(id, token, key).await?,
             _ => {
-                let epoch = self.key_epoch();
-                let refused = key.as_ref().and_then(|k| self.refused.get(k));
-                if let Some(r) = refused.filter(|r| r.key_epoch == epoch) {
-                    token_cache(TokenCacheResult::Refused);
-                    return Err(r.error);
+                let verified = self.verify_cached(token, key.as_ref()).await?;
+                let issuer = &self.issuers[verified.issuer];
+                if let Some(introspector) = issuer.introspects(IntrospectionMode::Always) {
+                    // Checked before `admit_use`, so a revoked token is told so.
+                    let key = key.unwrap_or_else(|| cache::digest(token));
+                    introspector.check(token, &key, |_| Ok(None)).await?;
                 }
-                let outcome = self.verify(token).await.map(Arc::new);
-                if let Some(key) = key {
-                    token_cache(TokenCacheResult::Miss);
-                    match &outcome {
-                        Ok(v) => self.verified.insert(key, v.clone()),
-                        Err(e) if e.holds_while_keys_do() => self.refused.insert(
-                            key,
-                            Refused {
-                                error: *e,
-                                key_epoch: epoch,
-                            },
-                        ),
-                        Err(_) => {}
-                    }
-                }
-                outcome?
+                verified
             }
         };
         self.admit_use(&verified, accepted, client_cert_sha256, unix_now())?;
         Ok(verified.principal.clone())
+    }
+
+    /// A JWT's verification, from the caches when it was made before.
+    async fn verify_cached(
+        &self,
+        token: &str,
+        key: Option<&cache::Digest>,
+    ) -> Result<Arc<Verified>, AuthError> {
+        use crate::metrics::{token_cache, TokenCacheResult};
+        let key = key.filter(|_| self.verified.enabled());
+        let cached = key.and_then(|k| self.verified.get(k));
+        if let Some(v) = cached {
+            if self.issuers[v.issuer].keys.generation() == v.key_generation {
+                token_cache(TokenCacheResult::Hit);
+                return Ok(v);
+            }
+        }
+        let epoch = self.key_epoch();
+        let refused = key.and_then(|k| self.refused.get(k));
+        if let Some(r) = refused.filter(|r| r.key_epoch == epoch) {
+            token_cache(TokenCacheResult::Refused);
+            return Err(r.error);
+        }
+        let outcome = self.verify(token).await.map(Arc::new);
+        if let Some(&key) = key {
+            token_cache(TokenCacheResult::Miss);
+            match &outcome {
+                Ok(v) => self.verified.insert(key, v.clone()),
+                Err(e) if e.holds_while_keys_do() => self.refused.insert(
+                    key,
+                    Refused {
+                        error: *e,
+                        key_epoch: epoch,
+                    },
+                ),
+                Err(_) => {}
+            }
+        }
+        outcome
+    }
+
+    /// A token that is not a JWT: the identity is what the provider says of it.
+    async fn introspect_opaque(
+        &self,
+        id: IssuerId,
+        token: &str,
+        key: &cache::Digest,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let issuer = &self.issuers[id];
+        let Some(introspector) = issuer.introspection.as_deref() else {
+            return Err(AuthError::Malformed);
+        };
+        let answer = introspector
+            .check(token, key, |claims| {
+                // RFC 7662 §2.2: `iss` is optional, but when given it must be this issuer.
+                if claims
+                    .get("iss")
+                    .is_some_and(|v| v.as_str() != Some(&*issuer.iss))
+                {
+                    return Err(AuthError::UnknownIssuer);
+                }
+                let mut claims = claims.clone();
+                // A client credentials token has no user: its client is its subject
+                // (RFC 9068 §2.2).
+                if !claims.contains_key("sub") {
+                    if let Some(client) = claims.get("client_id").cloned() {
+                        claims.insert("sub".into(), client);
+                    }
+                }
+                self.admit_claims(id, &claims, Vouched::Introspection)
+                    .map(|v| Some(Arc::new(v)))
+            })
+            .await?;
+        answer.ok_or(AuthError::Malformed)
     }
 
     /// Changes whenever any issuer's keys do.
@@ -369,20 +481,31 @@ impl Authenticator {
         }
         let key_generation = issuer.keys.generation();
         verify_signature(issuer, &token).await?;
+        self.admit_claims(id, &token.claims, Vouched::Signature { key_generation })
+    }
 
+    /// Everything about a token's claims, wherever they came from: audience and time, the
+    /// certificate binding, the identity.
+    fn admit_claims(
+        &self,
+        id: IssuerId,
+        token_claims: &serde_json::Map<String, serde_json::Value>,
+        vouched: Vouched,
+    ) -> Result<Verified, AuthError> {
+        let issuer = &self.issuers[id];
         let rules = jwt::TimeRules {
             audiences: &issuer.audiences,
             leeway: issuer.leeway_secs,
             allow_non_expiring: issuer.allow_non_expiring,
         };
-        let expires_at = jwt::check_claims(&token.claims, &rules, unix_now())?;
-        let bound_to = certificate_binding(&token.claims)?;
+        let expires_at = jwt::check_claims(token_claims, &rules, unix_now())?;
+        let bound_to = certificate_binding(token_claims)?;
         if bound_to.is_none() && issuer.require_bound_tokens {
             return Err(AuthError::UnboundToken);
         }
         let identity = issuer
             .claims
-            .read(&token.claims)
+            .read(token_claims)
             .map_err(AuthError::InvalidClaim)?;
         let kind = match &issuer.service_tokens {
             ServiceTokenRule::SubIsClient
@@ -390,7 +513,7 @@ impl Authenticator {
             {
                 PrincipalKind::Service
             }
-            ServiceTokenRule::Claim(path) if claims::scalar(path.get(&token.claims)).is_some() => {
+            ServiceTokenRule::Claim(path) if claims::scalar(path.get(token_claims)).is_some() => {
                 PrincipalKind::Service
             }
             _ => PrincipalKind::User,
@@ -402,7 +525,7 @@ impl Authenticator {
         let extra = self
             .extra_claims
             .iter()
-            .map(|p| claims::scalar(p.get(&token.claims)))
+            .map(|p| claims::scalar(p.get(token_claims)))
             .collect();
         let principal = Principal {
             issuer: issuer.name.clone(),
@@ -414,11 +537,19 @@ impl Authenticator {
             scopes: identity.scopes,
             valid_until: expires_at.map(|exp| exp.saturating_add(issuer.leeway_secs)),
             extra,
+            recheck_every: match vouched {
+                Vouched::Introspection => issuer.introspection.as_deref(),
+                Vouched::Signature { .. } => issuer.introspects(IntrospectionMode::Always),
+            }
+            .and_then(Introspector::websocket_recheck),
         };
         Ok(Verified {
             principal: Arc::new(principal),
             issuer: id,
-            key_generation,
+            key_generation: match vouched {
+                Vouched::Signature { key_generation } => key_generation,
+                Vouched::Introspection => 0,
+            },
             bound_to,
         })
     }

@@ -12,6 +12,7 @@
 //! | 4001 | `token expired`     | the token's `exp` (plus the issuer's clock skew) passed |
 //! | 4002 | `renewal rejected`  | a renewal token was invalid, not allowed on the route, or of another subject or tenant |
 //! | 4003 | `evicted`           | an operator ended the subject's connections            |
+//! | 4004 | `token revoked`     | the provider no longer holds the token active (introspection) |
 //! | 1001 | `gateway shutting down` | the gateway stops or hands over to a new process   |
 
 pub mod eviction;
@@ -43,6 +44,8 @@ pub enum Ending {
     Expired,
     RenewalRejected,
     Evicted,
+    /// The provider answered that the token is no longer active.
+    Revoked,
     Shutdown,
     /// The client closed it (a Close frame, or the connection).
     Client,
@@ -56,6 +59,7 @@ impl Ending {
             Self::Expired => "expired",
             Self::RenewalRejected => "renewal_rejected",
             Self::Evicted => "evicted",
+            Self::Revoked => "revoked",
             Self::Shutdown => "shutdown",
             Self::Client => "client",
             Self::Backend => "backend",
@@ -68,6 +72,7 @@ impl Ending {
             Self::Expired => Some((4001, "token expired")),
             Self::RenewalRejected => Some((4002, "renewal rejected")),
             Self::Evicted => Some((4003, "evicted")),
+            Self::Revoked => Some((4004, "token revoked")),
             Self::Shutdown => Some((1001, "gateway shutting down")),
             Self::Client | Self::Backend => None,
         }
@@ -90,6 +95,35 @@ pub fn deadline(until: Option<u64>) -> Option<Instant> {
     Some(Instant::now() + left)
 }
 
+/// Asks, every `every`, whether the connection's token still stands; the receiver turns true
+/// once `still_active` says no. The watcher stops when the receiver is dropped.
+pub fn watch_revocation<F, Fut>(
+    every: Duration,
+    mut still_active: F,
+) -> tokio::sync::watch::Receiver<bool>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let (revoked, receiver) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = revoked.closed() => return,
+                _ = tick.tick() => {
+                    if !still_active().await {
+                        let _ = revoked.send(true);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    receiver
+}
+
 /// What the relay needs besides the two connections.
 pub struct Relay<'a> {
     settings: &'a Settings,
@@ -101,6 +135,8 @@ pub struct Relay<'a> {
     ticket: Ticket,
     /// `None`: the connection takes no renewals (a public route).
     renew: Option<&'a dyn Renew>,
+    /// Turns true when the token is found revoked (see [`watch_revocation`]).
+    revoked: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Which side still takes frames from the gateway once the relay stops.
@@ -116,6 +152,7 @@ impl<'a> Relay<'a> {
         deadline: Option<Instant>,
         ticket: Ticket,
         renew: Option<&'a dyn Renew>,
+        revoked: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Self {
         Self {
             settings,
@@ -124,6 +161,7 @@ impl<'a> Relay<'a> {
             rejected: false,
             ticket,
             renew,
+            revoked,
         }
     }
 
@@ -252,12 +290,23 @@ impl<'a> Relay<'a> {
                 None => std::future::pending().await,
             }
         };
+        let revoked = async {
+            let Some(mut revoked) = self.revoked.clone() else {
+                return std::future::pending::<()>().await;
+            };
+            // A watcher that stopped without finding the token revoked never ends it.
+            let stopped = revoked.wait_for(|r| *r).await.is_err();
+            if stopped {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             order = self.ticket.ordered() => match order {
                 Order::Evict => Ending::Evicted,
                 Order::Shutdown => Ending::Shutdown,
             },
             () = expiry => if self.rejected { Ending::RenewalRejected } else { Ending::Expired },
+            () = revoked => Ending::Revoked,
         }
     }
 

@@ -691,3 +691,103 @@ impl TlsEcho {
         TlsEcho { port, _proc: proc }
     }
 }
+
+/// The test identity provider: the certified npm `oidc-provider` (tests/idp/server.mjs) on a
+/// free port, with client `portcullis-test` for client credentials grants.
+pub struct Provider {
+    proc: Proc,
+    pub issuer: String,
+}
+
+impl Provider {
+    pub const CLIENT: &'static str = "portcullis-test";
+    pub const SECRET: &'static str = "portcullis-test-secret-0123456789";
+
+    pub fn start() -> Provider {
+        let dir = repo_path("tests/idp");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "tests/idp/node_modules is missing: run the test command from the README (it runs `npm ci`)"
+        );
+        let port = free_port();
+        let child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node is needed for the interop tests");
+        let proc = Proc(child);
+        wait_for_port(port, "oidc-provider");
+        Provider {
+            proc,
+            issuer: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A real client credentials grant (RFC 6749 §4.4) for a resource indicator (RFC 8707).
+    pub async fn token(&self, resource: &str, scope: &str) -> String {
+        let resp = client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(Self::CLIENT, Some(Self::SECRET))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.expect("token response");
+        assert!(status.is_success(), "token endpoint: {status} {body}");
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// Revokes a token (RFC 7009).
+    pub async fn revoke(&self, token: &str) {
+        let resp = client()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(Self::CLIENT, Some(Self::SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("revocation request");
+        assert!(resp.status().is_success(), "revocation: {}", resp.status());
+    }
+
+    /// How many introspection requests the provider has served.
+    pub async fn introspections(&self) -> u64 {
+        let body = get(&format!("{}/test/introspections", self.issuer), None)
+            .await
+            .json();
+        body["count"].as_u64().expect("count")
+    }
+
+    /// Freezes the process (SIGSTOP): connections are accepted by the kernel, never answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Kills the process: connections are refused.
+    pub fn stop(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.proc.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+}
