@@ -94,7 +94,22 @@ async fn opaque_tokens_are_introspected_and_their_scopes_enforced() {
         &idp,
         &echo,
         "",
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        &format!(
+            r#"[admin]
+listen = "127.0.0.1:{admin}"
+
+[issuers.local]
+issuer = "https://idp.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-1.jwks.json"
+
+[[routes]]
+path = "/local-only"
+respond = {{ status = 200, body = "ok" }}
+access = "authenticated"
+issuers = ["local"]
+"#
+        ),
     );
 
     let token = idp.token(OPAQUE, "agents:read").await;
@@ -129,8 +144,16 @@ async fn opaque_tokens_are_introspected_and_their_scopes_enforced() {
         challenge(&r)
     );
 
-    // JWTs are still verified locally in mode `opaque`: no introspection.
+    // JWTs are still verified locally in mode `opaque`: no introspection. Nor is the
+    // provider asked about a token on a route that does not trust it.
     let calls = idp.introspections().await;
+    let r = get(&gw.url("/local-only"), Some(&token)).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        challenge(&r).contains("issuer not accepted"),
+        "{}",
+        challenge(&r)
+    );
     let jwt = idp.token(API, "agents:read").await;
     assert_eq!(get(&gw.url("/agents"), Some(&jwt)).await.status, 200);
     assert_eq!(idp.introspections().await, calls);

@@ -346,19 +346,22 @@ impl Authenticator {
         let opaque = self.opaque.filter(|_| !jwt::is_compact(token));
         let key = (opaque.is_some() || self.verified.enabled()).then(|| cache::digest(token));
         let verified = match (opaque, &key) {
-            (Some(id), Some(key)) => self.introspect_opaque(id, token, key).await?,
-            _ => {
-                let verified = self.verify_cached(token, key.as_ref()).await?;
-                let issuer = &self.issuers[verified.issuer];
-                if let Some(introspector) = issuer.introspects(IntrospectionMode::Always) {
-                    // Checked before `admit_use`, so a revoked token is told so.
-                    let key = key.unwrap_or_else(|| cache::digest(token));
-                    introspector.check(token, &key, |_| Ok(None)).await?;
-                }
-                verified
+            // No call to the provider for a route that does not trust it.
+            (Some(id), _) if accepted.is_some_and(|ids| !ids.contains(&id)) => {
+                return Err(AuthError::IssuerNotAccepted)
             }
+            (Some(id), Some(key)) => self.introspect_opaque(id, token, key).await?,
+            _ => self.verify_cached(token, key.as_ref()).await?,
         };
         self.admit_use(&verified, accepted, client_cert_sha256, unix_now())?;
+        // Mode `always`: a JWT good in itself must also still be active at the provider.
+        let issuer = &self.issuers[verified.issuer];
+        if let Some(introspector) = issuer.introspects(IntrospectionMode::Always) {
+            if opaque.is_none() {
+                let key = key.unwrap_or_else(|| cache::digest(token));
+                introspector.check(token, &key, |_| Ok(None)).await?;
+            }
+        }
         Ok(verified.principal.clone())
     }
 
