@@ -191,6 +191,7 @@ async fn a_key_change_voids_the_tokens_verified_with_the_old_keys() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(get(&url, Some(&impostor)).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
