@@ -612,7 +612,7 @@ pub enum ClientAuthMethod {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConf {
-    /// `opaque` (default), `always` or `off`.
+    /// `opaque` (default), `always` or `off` (the rest of the table is then ignored).
     #[serde(default)]
     pub mode: IntrospectionMode,
     /// The introspection endpoint. Default: `introspection_endpoint` from the issuer's OIDC

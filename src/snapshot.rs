@@ -22,8 +22,8 @@ use crate::authenticate::{
 use crate::authorize::{Policy, Rule};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{
-    self, Access, Config, ConfigError, IntrospectionConf, IssuerConf, RouteCallers, RouteConf,
-    SourceFile, TokenSource,
+    self, Access, Config, ConfigError, IntrospectionConf, IntrospectionMode, IssuerConf,
+    RouteCallers, RouteConf, SourceFile, TokenSource,
 };
 use crate::identity::IdentityHeaders;
 use crate::logs::{Destination, Logs};
@@ -476,7 +476,9 @@ impl Compiler<'_> {
             (None, false) => None,
         };
         let introspection = match &conf.introspection {
+            // Turned off, the table's other settings may stay as they are, unchecked.
             None => None,
+            Some(i) if i.mode == IntrospectionMode::Off => None,
             Some(i) => {
                 Some(self.introspector(name, spanned, i, discovery_url.as_deref(), previous)?)
             }

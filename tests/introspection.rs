@@ -342,6 +342,21 @@ client_secret_env = "PORTCULLIS_TEST_UNSET_VARIABLE"
         err.contains("PORTCULLIS_TEST_UNSET_VARIABLE is not set"),
         "{err}"
     );
+
+    // Turned off, the table is not checked further: no secret is needed.
+    let text = std::fs::read_to_string(&conf).expect("read");
+    let off = text.replace(
+        "[issuers.a.introspection]",
+        "[issuers.a.introspection]\nmode = \"off\"",
+    );
+    std::fs::write(&conf, off).expect("write");
+    let out = std::process::Command::new(common::BIN)
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
 }
 
 /// An introspection endpoint that answers `active` as told, and records what it was asked.
