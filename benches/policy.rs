@@ -44,7 +44,6 @@ fn principal(roles: &[&str]) -> Principal {
             .collect(),
         valid_until: Some(u64::MAX),
         extra: vec![],
-        recheck_every: None,
     }
 }
 

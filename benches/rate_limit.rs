@@ -35,7 +35,6 @@ fn principal(i: usize) -> Principal {
         scopes: Vec::new(),
         valid_until: None,
         extra: Vec::new(),
-        recheck_every: None,
     }
 }
 

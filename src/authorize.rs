@@ -121,7 +121,6 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             valid_until: None,
             extra: Vec::new(),
-            recheck_every: None,
         }
     }
 

@@ -653,8 +653,9 @@ pub struct IntrospectionConf {
         with = "humantime_serde"
     )]
     pub retry_after: Duration,
-    /// An open WebSocket whose token is introspected is checked again this often, and closed
-    /// (4004) once the token is no longer active. 0 never checks. Default: 60s.
+    /// The token of every open WebSocket is checked again this often (an introspected one
+    /// asked about), and the connection closed (4004) once the token is refused. 0 never
+    /// checks. Default: 60s.
     #[serde(default = "default_introspection_recheck", with = "humantime_serde")]
     pub websocket_recheck: Duration,
 }

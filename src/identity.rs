@@ -152,7 +152,6 @@ mod tests {
             scopes: vec![],
             valid_until: None,
             extra: Vec::new(),
-            recheck_every: None,
         }
     }
 

@@ -506,7 +506,9 @@ impl Gateway {
 
         let principal = ctx.principal.as_ref();
         let route = ctx.route.and_then(|i| snap.router.routes().get(i));
-        let token = match (principal, route) {
+        // A token that may be revoked before it expires is asked about again now and then.
+        let recheck = principal.and(snap.authenticator.websocket_recheck());
+        let token = match (recheck, route) {
             (Some(_), Some(route)) => token_of(session.req_header(), route, &snap)
                 .map(Cow::into_owned)
                 .unwrap_or_default(),
@@ -525,8 +527,7 @@ impl Gateway {
         });
         // Nothing to renew on a public route: every message goes through.
         let renew = principal.is_some().then_some(&*renewal as &dyn Renew);
-        // An introspected token may be revoked before it expires: ask again now and then.
-        let revoked = principal.and_then(|p| p.recheck_every).map(|every| {
+        let revoked = recheck.map(|every| {
             let renewal = renewal.clone();
             websocket::watch_revocation(every, move || {
                 let renewal = renewal.clone();

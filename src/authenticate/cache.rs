@@ -97,7 +97,6 @@ mod tests {
                 scopes: vec![],
                 valid_until: None,
                 extra: vec![],
-                recheck_every: None,
             }),
             issuer: 0,
             key_generation: 1,

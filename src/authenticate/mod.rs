@@ -49,9 +49,6 @@ pub struct Principal {
     pub valid_until: Option<u64>,
     /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
     pub extra: Vec<Option<String>>,
-    /// How often an open WebSocket must ask the provider again whether the token is still
-    /// active; `None` when the token is not introspected.
-    pub recheck_every: Option<Duration>,
 }
 
 impl Principal {
@@ -286,6 +283,13 @@ impl Authenticator {
     pub fn cache_verified(&mut self, max_entries: usize) {
         self.verified = VerifiedTokens::new(max_entries);
         self.refused = RefusedTokens::new(max_entries.div_ceil(8));
+    }
+
+    /// How often an open WebSocket's token is checked again, when an issuer introspects:
+    /// whatever the token, since a renewal may bring an introspected one.
+    pub fn websocket_recheck(&self) -> Option<Duration> {
+        let issuer = &self.issuers[self.opaque?];
+        issuer.introspection.as_deref()?.websocket_recheck()
     }
 
     /// How many verified tokens are remembered now.
@@ -540,11 +544,6 @@ impl Authenticator {
             scopes: identity.scopes,
             valid_until: expires_at.map(|exp| exp.saturating_add(issuer.leeway_secs)),
             extra,
-            recheck_every: match vouched {
-                Vouched::Introspection => issuer.introspection.as_deref(),
-                Vouched::Signature { .. } => issuer.introspects(IntrospectionMode::Always),
-            }
-            .and_then(Introspector::websocket_recheck),
         };
         Ok(Verified {
             principal: Arc::new(principal),
