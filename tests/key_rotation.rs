@@ -4,26 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fixture, get, join_all, token, Echo, FileServer, Gateway};
-
-fn jwks(names: &[&str]) -> String {
-    let keys: Vec<serde_json::Value> = names
-        .iter()
-        .flat_map(|n| {
-            let text = std::fs::read_to_string(fixture(&format!("{n}.jwks.json"))).unwrap();
-            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-            doc["keys"].as_array().unwrap().clone()
-        })
-        .collect();
-    serde_json::json!({ "keys": keys }).to_string()
-}
-
-fn signed(key: &str, kid: &str, iss: &str) -> String {
-    let k = fixture(&format!("{key}.pem")).display().to_string();
-    token(&[
-        "--key", &k, "--kid", kid, "--iss", iss, "--aud", "api", "--sub", "u1",
-    ])
-}
+use common::{fixture_jwks as jwks, get, join_all, signed_with, Echo, FileServer, Gateway};
 
 fn gateway(echo: &Echo, key_source: &str, refresh: &str) -> Gateway {
     Gateway::start(&format!(
@@ -78,12 +59,17 @@ async fn rotated_key_is_accepted_without_restart_and_unknown_kid_floods_are_boun
     let source = format!("jwks_url = \"{}\"", idp.url("/jwks.json"));
     let gw = gateway(&echo, &source, "refresh_interval = \"1h\"");
     let url = gw.url("/any");
-    wait_for_status(&url, &signed("rsa-1", "rsa-1", "https://idp.test"), 200).await;
+    wait_for_status(
+        &url,
+        &signed_with("rsa-1", "rsa-1", "https://idp.test", &[]),
+        200,
+    )
+    .await;
 
     // The provider rotates: a token signed with the new key arrives.
     idp.put("jwks.json", &jwks(&["rsa-1", "rsa-2"]));
     tokio::time::sleep(Duration::from_millis(2100)).await; // past the cooldown of the first fetch
-    let rotated = signed("rsa-2", "rsa-2", "https://idp.test");
+    let rotated = signed_with("rsa-2", "rsa-2", "https://idp.test", &[]);
     let r = get(&url, Some(&rotated)).await;
     assert_eq!(r.status, 200, "rotated key not picked up: {}", r.body);
 
@@ -91,7 +77,7 @@ async fn rotated_key_is_accepted_without_restart_and_unknown_kid_floods_are_boun
     let before = idp.hits("/jwks.json").await;
     let started = Instant::now();
     let forged: Vec<String> = (0..20)
-        .map(|i| signed("rsa-2", &format!("made-up-{i}"), "https://idp.test"))
+        .map(|i| signed_with("rsa-2", &format!("made-up-{i}"), "https://idp.test", &[]))
         .collect();
     let mut statuses = Vec::new();
     for round in 0..30 {
@@ -135,13 +121,13 @@ async fn provider_down_after_keys_were_loaded_keeps_valid_tokens_working() {
     let source = format!("jwks_url = \"{}\"", idp.url("/jwks.json"));
     let gw = gateway(&echo, &source, "refresh_interval = \"1s\"");
     let url = gw.url("/any");
-    let good = signed("rsa-1", "rsa-1", "https://idp.test");
+    let good = signed_with("rsa-1", "rsa-1", "https://idp.test", &[]);
     wait_for_status(&url, &good, 200).await;
 
     idp.stop();
     tokio::time::sleep(Duration::from_millis(2500)).await; // several failed refreshes
     assert_eq!(get(&url, Some(&good)).await.status, 200);
-    let unknown = signed("rsa-2", "rsa-2", "https://idp.test");
+    let unknown = signed_with("rsa-2", "rsa-2", "https://idp.test", &[]);
     assert_eq!(get(&url, Some(&unknown)).await.status, 401);
     assert!(
         gw.log().contains("keeping the last good keys"),
@@ -162,7 +148,7 @@ async fn keys_never_loaded_answer_401_not_500() {
     let gw = gateway(&echo, &source, "refresh_interval = \"1h\"");
     let r = get(
         &gw.url("/any"),
-        Some(&signed("rsa-1", "rsa-1", "https://idp.test")),
+        Some(&signed_with("rsa-1", "rsa-1", "https://idp.test", &[])),
     )
     .await;
     assert_eq!(r.status, 401, "{}", r.body);
@@ -204,7 +190,12 @@ access = "authenticated"
 "#,
         port = echo.port
     ));
-    wait_for_status(&gw.url("/any"), &signed("rsa-1", "rsa-1", &issuer), 200).await;
+    wait_for_status(
+        &gw.url("/any"),
+        &signed_with("rsa-1", "rsa-1", &issuer, &[]),
+        200,
+    )
+    .await;
     let before = idp.hits("/jwks.json").await;
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let refreshed = idp.hits("/jwks.json").await - before;
@@ -236,7 +227,11 @@ async fn discovery_document_for_another_issuer_is_refused() {
         echo.port
     );
     let gw = Gateway::start(&body);
-    let r = get(&gw.url("/any"), Some(&signed("rsa-1", "rsa-1", &issuer))).await;
+    let r = get(
+        &gw.url("/any"),
+        Some(&signed_with("rsa-1", "rsa-1", &issuer, &[])),
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert_eq!(
         idp.hits("/jwks.json").await,

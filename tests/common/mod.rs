@@ -324,6 +324,30 @@ pub fn rsa_token(sub: &str, roles: &str, extra: &[&str]) -> String {
     token(&args)
 }
 
+/// A JWKS document holding the keys of the named fixtures (`rsa-1` → `rsa-1.jwks.json`).
+pub fn fixture_jwks(names: &[&str]) -> String {
+    let keys: Vec<serde_json::Value> = names
+        .iter()
+        .flat_map(|n| {
+            let text = std::fs::read_to_string(fixture(&format!("{n}.jwks.json"))).unwrap();
+            let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+            doc["keys"].as_array().unwrap().clone()
+        })
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+/// A token signed with fixture key `key` and naming `kid`, for issuer `iss`, audience `api`,
+/// subject `u1`.
+pub fn signed_with(key: &str, kid: &str, iss: &str, extra: &[&str]) -> String {
+    let k = fixture(&format!("{key}.pem")).display().to_string();
+    let mut args = vec![
+        "--key", &k, "--kid", kid, "--iss", iss, "--aud", "api", "--sub", "u1",
+    ];
+    args.extend_from_slice(extra);
+    token(&args)
+}
+
 pub struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
