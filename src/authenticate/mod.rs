@@ -239,15 +239,6 @@ impl Issuer {
     }
 }
 
-/// Who vouched for a token's claims.
-#[derive(Clone, Copy)]
-enum Vouched {
-    /// Its signature, with keys of this generation.
-    Signature { key_generation: u64 },
-    /// The provider, asked by introspection.
-    Introspection,
-}
-
 /// Why an issuer cannot be added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
@@ -436,8 +427,8 @@ impl Authenticator {
                         claims.insert("sub".into(), client);
                     }
                 }
-                self.admit_claims(id, &claims, Vouched::Introspection)
-                    .map(|v| Some(Arc::new(v)))
+                // No key generation: the introspection cache holds it, not the token cache.
+                self.admit_claims(id, &claims, 0).map(|v| Some(Arc::new(v)))
             })
             .await?;
         answer.ok_or(AuthError::Malformed)
@@ -488,16 +479,17 @@ impl Authenticator {
         }
         let key_generation = issuer.keys.generation();
         verify_signature(issuer, &token).await?;
-        self.admit_claims(id, &token.claims, Vouched::Signature { key_generation })
+        self.admit_claims(id, &token.claims, key_generation)
     }
 
-    /// Everything about a token's claims, wherever they came from: audience and time, the
-    /// certificate binding, the identity.
+    /// Everything about a token's claims, wherever they came from (a signature checked with
+    /// keys of `key_generation`, or an introspection): audience and time, the certificate
+    /// binding, the identity.
     fn admit_claims(
         &self,
         id: IssuerId,
         token_claims: &serde_json::Map<String, serde_json::Value>,
-        vouched: Vouched,
+        key_generation: u64,
     ) -> Result<Verified, AuthError> {
         let issuer = &self.issuers[id];
         let rules = jwt::TimeRules {
@@ -548,10 +540,7 @@ impl Authenticator {
         Ok(Verified {
             principal: Arc::new(principal),
             issuer: id,
-            key_generation: match vouched {
-                Vouched::Signature { key_generation } => key_generation,
-                Vouched::Introspection => 0,
-            },
+            key_generation,
             bound_to,
         })
     }
