@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use pingora_http::RequestHeader;
 
-use crate::config::{ClientIpConf, ForwardedHeader};
+use crate::config::{ClientIpConf, ForwardedHeader, Invalid, KeyPath};
 
 /// Compiled `[client_ip]`.
 #[derive(Debug, Clone, Default)]
@@ -18,14 +18,19 @@ pub struct ClientIpResolver {
 pub const UNKNOWN: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 impl ClientIpResolver {
-    pub fn compile(conf: &ClientIpConf) -> Result<Self, String> {
+    /// Compiles `[client_ip]`, found at `at`.
+    pub fn compile(conf: &ClientIpConf, at: &KeyPath) -> Result<Self, Invalid> {
         let trusted = conf
             .trusted_proxies
             .iter()
             .map(|p| {
                 p.parse::<IpNet>()
                     .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("{p:?} is not an address or CIDR block"))
+                    .map_err(|_| {
+                        let key = at.key("trusted_proxies");
+                        Invalid::new(key, format!("{p:?} is not an address or CIDR block"))
+                            .pointing_at(at.clone())
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -124,10 +129,13 @@ mod tests {
     use super::*;
 
     fn resolver(trusted: &[&str], header: ForwardedHeader) -> ClientIpResolver {
-        ClientIpResolver::compile(&ClientIpConf {
-            trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
-            header,
-        })
+        ClientIpResolver::compile(
+            &ClientIpConf {
+                trusted_proxies: trusted.iter().map(|s| s.to_string()).collect(),
+                header,
+            },
+            &KeyPath::root(),
+        )
         .unwrap()
     }
 
@@ -188,10 +196,13 @@ mod tests {
             r.resolve(Some(ip("::ffff:127.0.0.1")), &h),
             ip("203.0.113.9")
         );
-        assert!(ClientIpResolver::compile(&ClientIpConf {
-            trusted_proxies: vec!["10.0.0.0/33".into()],
-            header: ForwardedHeader::XForwardedFor,
-        })
+        assert!(ClientIpResolver::compile(
+            &ClientIpConf {
+                trusted_proxies: vec!["10.0.0.0/33".into()],
+                header: ForwardedHeader::XForwardedFor,
+            },
+            &KeyPath::root()
+        )
         .is_err());
     }
 }

@@ -4,7 +4,7 @@ use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use pingora_http::RequestHeader;
 
 use crate::authenticate::Principal;
-use crate::config::IdentityHeadersConf;
+use crate::config::{IdentityHeadersConf, Invalid, KeyPath};
 use crate::tls::ClientCert;
 
 /// A claim that cannot be written as a header value (it holds control characters).
@@ -28,14 +28,15 @@ pub struct IdentityHeaders {
 }
 
 impl IdentityHeaders {
-    pub fn compile(conf: &IdentityHeadersConf) -> Result<Self, String> {
-        let name = |key: &str, value: &str| -> Result<Option<HeaderName>, String> {
+    /// Compiles `[identity_headers]`, found at `at`.
+    pub fn compile(conf: &IdentityHeadersConf, at: &KeyPath) -> Result<Self, Invalid> {
+        let name = |key: &str, value: &str| -> Result<Option<HeaderName>, Invalid> {
             if value.is_empty() {
                 return Ok(None);
             }
             HeaderName::from_bytes(value.as_bytes())
                 .map(Some)
-                .map_err(|_| format!("identity_headers.{key}: {value:?} is not a header name"))
+                .map_err(|_| Invalid::new(at.key(key), format!("{value:?} is not a header name")))
         };
         let subject = name("subject", &conf.subject)?;
         let roles = name("roles", &conf.roles)?;
@@ -157,7 +158,8 @@ mod tests {
 
     #[test]
     fn forged_headers_are_replaced_or_removed() {
-        let ids = IdentityHeaders::compile(&IdentityHeadersConf::default()).unwrap();
+        let ids =
+            IdentityHeaders::compile(&IdentityHeadersConf::default(), &KeyPath::root()).unwrap();
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-user-id", "admin").unwrap();
         req.insert_header("X-Tenant-Id", "other").unwrap();
@@ -176,7 +178,8 @@ mod tests {
 
     #[test]
     fn control_characters_in_claims_are_refused() {
-        let ids = IdentityHeaders::compile(&IdentityHeadersConf::default()).unwrap();
+        let ids =
+            IdentityHeaders::compile(&IdentityHeadersConf::default(), &KeyPath::root()).unwrap();
         assert!(ids.render(&principal("a\r\nx-admin: 1")).is_err());
         assert!(ids.render(&principal("José")).is_ok());
     }

@@ -214,11 +214,6 @@ impl Logs {
     }
 }
 
-/// Now, as the logs write it: RFC 3339, UTC, milliseconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
 /// One line of the access log.
 #[derive(Debug, serde::Serialize)]
 pub struct AccessRecord<'a> {

@@ -1,7 +1,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,16 +11,17 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use portcullis::admin::Admin;
-use portcullis::health::HealthChecker;
-use portcullis::key_refresh::KeyRefresher;
-use portcullis::lifecycle::{Exit, Lifecycle, Ready, Signals};
 use portcullis::metrics;
 use portcullis::proxy::Gateway;
-use portcullis::reload::{catch_sighup, Reloader};
+use portcullis::runtime::admin::Admin;
+use portcullis::runtime::config_metrics;
+use portcullis::runtime::eviction::Eviction;
+use portcullis::runtime::health_check::HealthChecker;
+use portcullis::runtime::key_refresh::KeyRefresher;
+use portcullis::runtime::lifecycle::{Exit, Lifecycle, Ready, Signals};
+use portcullis::runtime::reload::{catch_sighup, Reloader};
 use portcullis::snapshot::Snapshot;
 use portcullis::token::{self, TokenSpec};
-use portcullis::websocket::eviction::Eviction;
 use portcullis::websocket::registry::Registry;
 
 /// Portcullis: an API security gateway.
@@ -233,9 +233,9 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     };
     let settings = snapshot.server.clone();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    metrics::GENERATION.store(1, Ordering::Relaxed);
+    config_metrics::next_generation();
     metrics::config_loaded();
-    metrics::watch_config(shared.clone());
+    config_metrics::watch(shared.clone());
     let lifecycle = Arc::new(Lifecycle::default());
 
     let conf = ServerConf {

@@ -1,21 +1,17 @@
 //! Prometheus metrics, served on the admin listener.
 //!
 //! Request-path metrics are counted as they happen. What describes the running config (keys
-//! per issuer, target health, the config generation) is read from the current snapshot when
-//! the metrics are scraped, so nothing on the request path maintains it.
+//! per issuer, target health, the config generation) is added by the runtime as a collector
+//! read at scrape time, so nothing on the request path maintains it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use once_cell::sync::Lazy;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::core::Collector;
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
-
-use crate::snapshot::SharedSnapshot;
 
 static REGISTRY: Lazy<Registry> =
     Lazy::new(|| Registry::new_custom(Some("portcullis".into()), None).unwrap_or_default());
@@ -378,195 +374,22 @@ pub fn reload(applied: bool, took: Duration) {
     RELOADS.with_label_values(&[outcome]).inc();
     RELOAD_DURATION.observe(took.as_secs_f64());
     if applied {
-        LAST_RELOAD.set(unix_now());
+        LAST_RELOAD.set(crate::clock::unix_secs_f64());
     }
 }
 
 /// The first config counts as loaded at start.
 pub fn config_loaded() {
-    LAST_RELOAD.set(unix_now());
+    LAST_RELOAD.set(crate::clock::unix_secs_f64());
 }
 
 pub fn log_line_dropped(log: &str) {
     LOG_DROPS.with_label_values(&[log]).inc();
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Seconds since the Unix epoch, in milliseconds, for "when did this last happen" metrics.
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Config generation: 1 at start, one more per applied reload.
-pub static GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// Metrics read from the running config at scrape time.
-struct SnapshotCollector {
-    config: SharedSnapshot,
-    generation: IntGauge,
-    key_fetches: IntCounterVec,
-    key_age: GaugeVec,
-    keys: IntGaugeVec,
-    cached_tokens: IntGauge,
-    introspection_entries: IntGaugeVec,
-    target_up: IntGaugeVec,
-    descs: Vec<Desc>,
-}
-
-impl SnapshotCollector {
-    fn new(config: SharedSnapshot) -> prometheus::Result<Self> {
-        let generation = IntGauge::new(
-            "config_generation",
-            "The running config: 1 at start, one more per applied reload.",
-        )?;
-        let key_fetches = IntCounterVec::new(
-            Opts::new(
-                "jwks_fetches_total",
-                "Key set (JWKS) fetches by issuer and outcome (ok, failed).",
-            ),
-            &["issuer", "outcome"],
-        )?;
-        let key_age = GaugeVec::new(
-            Opts::new(
-                "jwks_key_age_seconds",
-                "Seconds since the issuer's keys were last loaded (absent until they are).",
-            ),
-            &["issuer"],
-        )?;
-        let keys = IntGaugeVec::new(
-            Opts::new("jwks_keys", "Keys held for the issuer."),
-            &["issuer"],
-        )?;
-        let cached_tokens = IntGauge::new(
-            "token_cache_entries",
-            "Verified tokens remembered by the running config.",
-        )?;
-        let introspection_entries = IntGaugeVec::new(
-            Opts::new(
-                "introspection_cache_entries",
-                "Introspection answers remembered, by issuer.",
-            ),
-            &["issuer"],
-        )?;
-        let target_up = IntGaugeVec::new(
-            Opts::new(
-                "upstream_target_up",
-                "1 if the target takes traffic (health checks and ejection), else 0.",
-            ),
-            &["upstream", "target"],
-        )?;
-        let descs = [
-            generation.desc(),
-            key_fetches.desc(),
-            key_age.desc(),
-            keys.desc(),
-            cached_tokens.desc(),
-            introspection_entries.desc(),
-            target_up.desc(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        Ok(Self {
-            config,
-            generation,
-            key_fetches,
-            key_age,
-            keys,
-            cached_tokens,
-            introspection_entries,
-            target_up,
-            descs,
-        })
-    }
-}
-
-impl Collector for SnapshotCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let snap = self.config.load();
-        self.generation
-            .set(i64::try_from(GENERATION.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
-        self.key_fetches.reset();
-        self.key_age.reset();
-        self.keys.reset();
-        self.target_up.reset();
-        let now = unix_millis();
-        for issuer in snap.authenticator.issuers() {
-            let name = &*issuer.name;
-            let stats = &issuer.keys.stats;
-            let fetches = stats.fetches.load(Ordering::Relaxed);
-            let failed = stats.fetch_failures.load(Ordering::Relaxed);
-            self.key_fetches
-                .with_label_values(&[name, "ok"])
-                .inc_by(fetches.saturating_sub(failed));
-            self.key_fetches
-                .with_label_values(&[name, "failed"])
-                .inc_by(failed);
-            let loaded = stats.loaded_at_unix_ms.load(Ordering::Relaxed);
-            if loaded > 0 {
-                self.key_age
-                    .with_label_values(&[name])
-                    .set(now.saturating_sub(loaded) as f64 / 1000.0);
-            }
-            let held = issuer.keys.current().map_or(0, |k| k.len());
-            self.keys
-                .with_label_values(&[name])
-                .set(i64::try_from(held).unwrap_or(i64::MAX));
-        }
-        self.cached_tokens
-            .set(i64::try_from(snap.authenticator.cached_tokens()).unwrap_or(i64::MAX));
-        self.introspection_entries.reset();
-        for issuer in snap.authenticator.issuers() {
-            if let Some(introspector) = &issuer.introspection {
-                self.introspection_entries
-                    .with_label_values(&[&*issuer.name])
-                    .set(i64::try_from(introspector.cached()).unwrap_or(i64::MAX));
-            }
-        }
-        for upstream in &snap.upstreams {
-            for (i, target) in upstream.targets().iter().enumerate() {
-                self.target_up
-                    .with_label_values(&[&*upstream.name, &target.to_string()])
-                    .set(i64::from(upstream.available(i)));
-            }
-        }
-        [
-            self.generation.collect(),
-            self.key_fetches.collect(),
-            self.key_age.collect(),
-            self.keys.collect(),
-            self.cached_tokens.collect(),
-            self.introspection_entries.collect(),
-            self.target_up.collect(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-}
-
-/// Adds the metrics read from the running config. Called once, at start.
-pub fn watch_config(config: SharedSnapshot) {
-    match SnapshotCollector::new(config) {
-        Ok(c) => {
-            if let Err(e) = REGISTRY.register(Box::new(c)) {
-                log::error!("config metrics are off: {e}");
-            }
-        }
-        Err(e) => log::error!("config metrics are off: {e}"),
-    }
+/// Adds a collector read at scrape time (what describes the running config).
+pub fn register_collector(collector: Box<dyn Collector>) -> prometheus::Result<()> {
+    REGISTRY.register(collector)
 }
 
 /// Everything, in the Prometheus text format.

@@ -7,7 +7,7 @@ use pingora_proxy::Session;
 
 use crate::authenticate::AuthError;
 use crate::authorize::Forbidden;
-use crate::config::ResponsesConf;
+use crate::config::{Invalid, KeyPath, ResponsesConf};
 use crate::rate_limit::{StoreUnavailable, Verdict};
 use crate::route::PathError;
 
@@ -101,22 +101,23 @@ pub struct Responses {
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Responses {
-    pub fn compile(conf: &ResponsesConf) -> Result<Self, String> {
+    /// Compiles `[responses]`, found at `at`.
+    pub fn compile(conf: &ResponsesConf, at: &KeyPath) -> Result<Self, Invalid> {
         let value = |key: &str, v: &str| {
             HeaderValue::from_str(v)
-                .map_err(|_| format!("responses.{key}: not a valid header value"))
+                .map_err(|_| Invalid::new(at.key(key), "not a valid header value"))
         };
         if conf.realm.contains(['"', '\\']) || value("realm", &conf.realm).is_err() {
-            return Err(
-                "responses.realm: must not contain quotes, backslashes or control characters"
-                    .into(),
-            );
+            return Err(Invalid::new(
+                at.key("realm"),
+                "must not contain quotes, backslashes or control characters",
+            ));
         }
         let forbidden_www = HeaderValue::from_str(&format!(
             "Bearer realm=\"{}\", error=\"insufficient_scope\"",
             conf.realm
         ))
-        .map_err(|_| "responses.realm: not a valid header value".to_string())?;
+        .map_err(|_| Invalid::new(at.key("realm"), "not a valid header value"))?;
         let mut forbidden = Reply::new(
             403,
             value("forbidden_content_type", &conf.forbidden_content_type)?,
@@ -242,7 +243,7 @@ mod tests {
 
     #[test]
     fn prebuilt_401s_carry_their_own_challenge() {
-        let r = Responses::compile(&ResponsesConf::default()).unwrap();
+        let r = Responses::compile(&ResponsesConf::default(), &KeyPath::root()).unwrap();
         assert_eq!(r.unauthorized_by_error.len(), AuthError::FIXED.len());
         for e in AuthError::FIXED {
             let reply = r.reply(Rejection::Unauthorized(e));
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_reference_deployment() {
-        let r = Responses::compile(&ResponsesConf::default()).unwrap();
+        let r = Responses::compile(&ResponsesConf::default(), &KeyPath::root()).unwrap();
         let missing = r.reply(Rejection::Unauthorized(AuthError::Missing));
         assert_eq!(missing.status, 401);
         assert_eq!(&missing.body[..], b"401 Authorization Required");
@@ -290,6 +291,6 @@ mod tests {
             realm: "a\"b".into(),
             ..Default::default()
         };
-        assert!(Responses::compile(&conf).is_err());
+        assert!(Responses::compile(&conf, &KeyPath::root()).is_err());
     }
 }

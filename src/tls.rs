@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::config::{ClientAuth, EdgeTlsConf};
+use crate::config::{ClientAuth, EdgeTlsConf, Invalid, KeyPath};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -120,19 +120,6 @@ fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-/// A problem with one field of `[server.tls]`.
-pub struct TlsError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-fn tls_error(field: &'static str, message: impl Into<String>) -> TlsError {
-    TlsError {
-        field,
-        message: message.into(),
-    }
-}
-
 /// Compiled `[server.tls]`: ready to hand to the listeners.
 #[derive(Clone)]
 pub struct EdgeTls {
@@ -152,11 +139,14 @@ impl std::fmt::Debug for EdgeTls {
 }
 
 impl EdgeTls {
-    /// `relative` resolves paths against the config file's directory.
+    /// Compiles `[server.tls]`, found at `at`. `relative` resolves paths against the config
+    /// file's directory.
     pub fn compile(
         conf: &EdgeTlsConf,
+        at: &KeyPath,
         relative: impl Fn(&Path) -> std::path::PathBuf,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, Invalid> {
+        let tls_error = |field: &str, message: String| Invalid::new(at.key(field), message);
         let mut keys = Vec::new();
         for c in &conf.certificates {
             let key = certified_key(&relative(&c.cert_file), &relative(&c.key_file))
@@ -164,7 +154,7 @@ impl EdgeTls {
             keys.push(Arc::new(key));
         }
         let Some(default) = keys.first().cloned() else {
-            return Err(tls_error("certificates", "at least one is needed"));
+            return Err(tls_error("certificates", "at least one is needed".into()));
         };
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
@@ -185,13 +175,13 @@ impl EdgeTls {
             (ClientAuth::None, Some(_)) => {
                 return Err(tls_error(
                     "client_ca_file",
-                    "set client_auth = \"optional\" or \"required\" to use it",
+                    "set client_auth = \"optional\" or \"required\" to use it".into(),
                 ))
             }
             (_, None) => {
                 return Err(tls_error(
                     "client_ca_file",
-                    "client certificates need the CAs they must chain to",
+                    "client certificates need the CAs they must chain to".into(),
                 ))
             }
             (mode, Some(path)) => {

@@ -1,7 +1,7 @@
 //! Minting signed tokens from a local private key, for development and tests.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -56,9 +56,7 @@ pub fn load_key(path: &Path, alg: Algorithm) -> Result<EncodingKey, TokenError> 
 }
 
 pub fn mint(key: &EncodingKey, spec: &TokenSpec) -> Result<String, TokenError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_secs();
     let iat = now.saturating_sub(spec.issued_ago.as_secs());
     let mut claims = Map::new();
     claims.insert("iss".into(), spec.issuer.clone().into());
@@ -79,13 +77,7 @@ pub fn mint(key: &EncodingKey, spec: &TokenSpec) -> Result<String, TokenError> {
     }
     claims.insert(
         "jti".into(),
-        format!(
-            "{:x}",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        )
-        .into(),
+        format!("{:x}", crate::clock::unix_nanos()).into(),
     );
     if !spec.roles.is_empty() {
         claims.insert(

@@ -98,7 +98,7 @@ mod tests {
                 valid_until: None,
                 extra: vec![],
             }),
-            issuer: 0,
+            issuer: IssuerId(0),
             key_generation: 1,
             bound_to: None,
         })

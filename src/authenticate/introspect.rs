@@ -6,7 +6,7 @@
 //! about wait for that one call (single flight) instead of making their own.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 use serde_json::{Map, Value};
@@ -171,7 +171,7 @@ impl Introspector {
         let until = match &answer {
             Ok(_) => {
                 let exp = claims.get("exp").and_then(Value::as_u64);
-                self.conf.cache_ttl.min(until_exp(exp))
+                self.conf.cache_ttl.min(crate::clock::until_unix(exp))
             }
             Err(_) => self.conf.negative_cache_ttl,
         };
@@ -244,17 +244,6 @@ fn is_access_token(claims: &Map<String, Value>) -> bool {
     bearer("token_type") && bearer("typ")
 }
 
-/// How long until `exp` (seconds since the epoch); unbounded without one.
-fn until_exp(exp: Option<u64>) -> Duration {
-    let Some(exp) = exp else {
-        return Duration::MAX;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Duration::from_secs(exp.saturating_sub(now))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,17 +268,6 @@ mod tests {
         assert!(!is_access_token(&claims(
             json!({"active": true, "token_type": "DPoP"})
         )));
-    }
-
-    #[test]
-    fn answers_never_outlive_the_token() {
-        assert_eq!(until_exp(None), Duration::MAX);
-        assert_eq!(until_exp(Some(1)), Duration::ZERO);
-        let soon = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            + 30;
-        assert!(until_exp(Some(soon)) <= Duration::from_secs(30));
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl KeyStore {
         store
             .stats
             .loaded_at_unix_ms
-            .store(crate::metrics::unix_millis(), Ordering::Relaxed);
+            .store(crate::clock::unix_millis(), Ordering::Relaxed);
         Ok(store)
     }
 
@@ -316,7 +316,7 @@ impl KeyStore {
                 self.install(set);
                 self.stats
                     .loaded_at_unix_ms
-                    .store(crate::metrics::unix_millis(), Ordering::Relaxed);
+                    .store(crate::clock::unix_millis(), Ordering::Relaxed);
                 max_age.unwrap_or(self.refresh.refresh_interval).clamp(
                     self.refresh.min_refresh_interval,
                     self.refresh.max_refresh_interval,

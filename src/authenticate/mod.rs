@@ -8,22 +8,24 @@ mod cache;
 mod claims;
 mod fetch;
 mod introspect;
+mod issuer;
 mod jwt;
 mod keys;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::DecodingKey;
 
 use crate::config::IntrospectionMode;
 use pingora_http::RequestHeader;
 
 use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
 pub use claims::{ClaimMap, ClaimPath};
-pub use introspect::{Endpoint as IntrospectionEndpoint, Introspector};
-pub use keys::{KeySet, KeySource, KeyStats, KeyStore};
+pub use introspect::Introspector;
+pub use issuer::{Context as IssuerContext, Issuer, ServiceTokenRule};
+pub use keys::{KeySet, KeyStats, KeyStore};
 
 /// Whether a user stands behind a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,55 +192,6 @@ pub fn bearer_token(req: &RequestHeader) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// How an issuer's service tokens are told apart from user tokens.
-#[derive(Debug, Clone)]
-pub enum ServiceTokenRule {
-    /// `sub` equals the client id (RFC 9068 §2.2).
-    SubIsClient,
-    /// The claim is present and not empty.
-    Claim(ClaimPath),
-    /// This issuer issues no service tokens.
-    None,
-}
-
-impl ServiceTokenRule {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "sub_is_client" => Ok(Self::SubIsClient),
-            "none" => Ok(Self::None),
-            _ => match s.strip_prefix("claim:") {
-                Some(path) => Ok(Self::Claim(ClaimPath::parse(path)?)),
-                None => Err(format!(
-                    "{s:?}: expected \"sub_is_client\", \"claim:NAME\" or \"none\""
-                )),
-            },
-        }
-    }
-}
-
-/// One identity provider, compiled.
-pub struct Issuer {
-    pub name: Arc<str>,
-    pub iss: Box<str>,
-    pub audiences: Vec<Box<str>>,
-    pub algorithms: Vec<Algorithm>,
-    pub leeway_secs: u64,
-    pub allow_non_expiring: bool,
-    pub keys: Arc<KeyStore>,
-    /// Key for HS* algorithms, from a secret outside the config file.
-    pub hmac: Option<DecodingKey>,
-    pub claims: ClaimMap,
-    pub service_tokens: ServiceTokenRule,
-    pub require_bound_tokens: bool,
-    pub introspection: Option<Arc<Introspector>>,
-}
-
-impl Issuer {
-    fn introspects(&self, mode: IntrospectionMode) -> Option<&Introspector> {
-        self.introspection.as_deref().filter(|i| i.mode() == mode)
-    }
-}
-
 /// Why an issuer cannot be added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
@@ -248,8 +201,9 @@ pub enum AddError {
     SecondIntrospector(Arc<str>),
 }
 
-/// Index of an issuer in an [`Authenticator`]; routes refer to issuers this way.
-pub type IssuerId = usize;
+/// An issuer of one [`Authenticator`]; routes refer to issuers this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuerId(usize);
 
 /// A claim other parts of the config read from principals (see [`Principal::claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +233,7 @@ impl Authenticator {
     /// How often an open WebSocket's token is checked again, when an issuer introspects:
     /// whatever the token, since a renewal may bring an introspected one.
     pub fn websocket_recheck(&self) -> Option<Duration> {
-        let issuer = &self.issuers[self.opaque?];
+        let issuer = self.issuer(self.opaque?);
         issuer.introspection.as_deref()?.websocket_recheck()
     }
 
@@ -291,9 +245,9 @@ impl Authenticator {
     /// Adds an issuer; fails if another one has the same `iss`, or if both introspect
     /// tokens (a token that is not a JWT names no issuer).
     pub fn add(&mut self, issuer: Issuer) -> Result<IssuerId, AddError> {
-        let id = self.issuers.len();
+        let id = IssuerId(self.issuers.len());
         if let Some(&other) = self.by_iss.get(&issuer.iss) {
-            return Err(AddError::SameIss(self.issuers[other].name.clone()));
+            return Err(AddError::SameIss(self.issuer(other).name.clone()));
         }
         let introspects = issuer
             .introspection
@@ -302,7 +256,7 @@ impl Authenticator {
         if introspects {
             if let Some(other) = self.opaque {
                 return Err(AddError::SecondIntrospector(
-                    self.issuers[other].name.clone(),
+                    self.issuer(other).name.clone(),
                 ));
             }
             self.opaque = Some(id);
@@ -314,6 +268,19 @@ impl Authenticator {
 
     pub fn issuers(&self) -> &[Issuer] {
         &self.issuers
+    }
+
+    /// The issuer configured as `[issuers.NAME]`.
+    pub fn find(&self, name: &str) -> Option<IssuerId> {
+        self.issuers
+            .iter()
+            .position(|i| *i.name == *name)
+            .map(IssuerId)
+    }
+
+    /// Ids come from this authenticator, so they are always in range.
+    fn issuer(&self, id: IssuerId) -> &Issuer {
+        &self.issuers[id.0]
     }
 
     /// Asks for `path` to be read from every verified token into [`Principal::extra`].
@@ -348,9 +315,14 @@ impl Authenticator {
             (Some(id), Some(key)) => self.introspect_opaque(id, token, key).await?,
             _ => self.verify_cached(token, key.as_ref()).await?,
         };
-        self.admit_use(&verified, accepted, client_cert_sha256, unix_now())?;
+        self.admit_use(
+            &verified,
+            accepted,
+            client_cert_sha256,
+            crate::clock::unix_secs(),
+        )?;
         // Mode `always`: a JWT good in itself must also still be active at the provider.
-        let issuer = &self.issuers[verified.issuer];
+        let issuer = self.issuer(verified.issuer);
         if let Some(introspector) = issuer.introspects(IntrospectionMode::Always) {
             if opaque.is_none() {
                 let key = key.unwrap_or_else(|| cache::digest(token));
@@ -370,7 +342,7 @@ impl Authenticator {
         let key = key.filter(|_| self.verified.enabled());
         let cached = key.and_then(|k| self.verified.get(k));
         if let Some(v) = cached {
-            if self.issuers[v.issuer].keys.generation() == v.key_generation {
+            if self.issuer(v.issuer).keys.generation() == v.key_generation {
                 token_cache(TokenCacheResult::Hit);
                 return Ok(v);
             }
@@ -406,7 +378,7 @@ impl Authenticator {
         token: &str,
         key: &cache::Digest,
     ) -> Result<Arc<Verified>, AuthError> {
-        let issuer = &self.issuers[id];
+        let issuer = self.issuer(id);
         let Some(introspector) = issuer.introspection.as_deref() else {
             return Err(AuthError::Malformed);
         };
@@ -472,7 +444,7 @@ impl Authenticator {
             .and_then(|v| v.as_str())
             .ok_or(AuthError::UnknownIssuer)?;
         let &id = self.by_iss.get(iss).ok_or(AuthError::UnknownIssuer)?;
-        let issuer = &self.issuers[id];
+        let issuer = self.issuer(id);
         let alg = token.header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
@@ -491,13 +463,13 @@ impl Authenticator {
         token_claims: &serde_json::Map<String, serde_json::Value>,
         key_generation: u64,
     ) -> Result<Verified, AuthError> {
-        let issuer = &self.issuers[id];
+        let issuer = self.issuer(id);
         let rules = jwt::TimeRules {
             audiences: &issuer.audiences,
             leeway: issuer.leeway_secs,
             allow_non_expiring: issuer.allow_non_expiring,
         };
-        let expires_at = jwt::check_claims(token_claims, &rules, unix_now())?;
+        let expires_at = jwt::check_claims(token_claims, &rules, crate::clock::unix_secs())?;
         let bound_to = certificate_binding(token_claims)?;
         if bound_to.is_none() && issuer.require_bound_tokens {
             return Err(AuthError::UnboundToken);
@@ -544,12 +516,6 @@ impl Authenticator {
             bound_to,
         })
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// RFC 8705 §3.1: a token with `cnf.x5t#S256` is only good on a connection presenting the

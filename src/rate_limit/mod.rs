@@ -7,27 +7,54 @@ mod redis;
 mod table;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use once_cell::sync::Lazy;
 use prometheus::IntCounter;
 
 use crate::authenticate::{Authenticator, ClaimPath, ClaimSlot, Principal, PrincipalKind};
 use crate::config::{
-    CallerKind, FailMode, LimitBackend, RateLimitConf, RateLimitHeaders, RedisConf, TierConf,
+    CallerKind, ConsumerConf, FailMode, Invalid, KeyPath, LimitBackend, RateLimitConf,
+    RateLimitHeaders, RedisConf, TierConf,
 };
 use crate::metrics;
 pub use gcra::Limit;
 use local::LocalStore;
 use redis::RedisStore;
 
-/// A route's `limit_group`, by index.
-pub type GroupId = usize;
+/// A route's `limit_group`, as the tiers' `group_limits` refer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupId(usize);
+
+/// The `limit_group` names of a config's routes.
+#[derive(Debug, Default)]
+pub struct Groups {
+    names: Vec<Box<str>>,
+}
+
+impl Groups {
+    /// The group named `name` (`at`: the route's `limit_group`), added when it is new.
+    pub fn add(&mut self, name: &str, at: &KeyPath) -> Result<GroupId, Invalid> {
+        if !valid_name(name) {
+            return Err(Invalid::new(at.clone(), NAME_RULE));
+        }
+        Ok(GroupId(
+            match self.names.iter().position(|n| **n == *name) {
+                Some(i) => i,
+                None => {
+                    self.names.push(name.into());
+                    self.names.len() - 1
+                }
+            },
+        ))
+    }
+
+    pub fn find(&self, name: &str) -> Option<GroupId> {
+        self.names.iter().position(|n| **n == *name).map(GroupId)
+    }
+}
 
 /// Who is calling: what rate limiting needs to know about a request.
 pub struct Caller<'a> {
@@ -157,41 +184,36 @@ pub struct RateLimiter {
     redis: Option<Arc<RedisStore>>,
 }
 
-/// A problem with one field of a tier, for the config compiler to place.
-pub struct FieldError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-fn field(field: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field,
-        message: message.into(),
-    }
-}
-
-/// Microseconds on a clock private to this process, for the local stores.
+/// Microseconds on the process clock, never 0 (which means "no state" to the stores).
 fn now_us() -> u64 {
-    static START: Lazy<Instant> = Lazy::new(Instant::now);
-    // Never 0, which means "no state".
-    u64::try_from(START.elapsed().as_micros()).unwrap_or(u64::MAX) + 1
+    crate::clock::process_micros().saturating_add(1)
 }
 
 impl RateLimiter {
     /// Compiles `[rate_limit]` except its tiers; add them with [`RateLimiter::add_tier`].
     /// Stores of `previous` are kept when their settings are unchanged, so a reload hands out
     /// no fresh quotas and keeps its Redis connection.
-    pub fn new(conf: &RateLimitConf, previous: Option<&RateLimiter>) -> Result<Self, FieldError> {
+    /// `at` is where `[rate_limit]` is.
+    pub fn new(
+        conf: &RateLimitConf,
+        at: &KeyPath,
+        previous: Option<&RateLimiter>,
+    ) -> Result<Self, Invalid> {
         if conf.local_max_keys == 0 {
-            return Err(field("local_max_keys", "must be at least 1"));
+            return Err(Invalid::new(at.key("local_max_keys"), "must be at least 1"));
         }
         let local = previous
             .map(|p| p.local.clone())
             .filter(|l| l.max_keys() == conf.local_max_keys)
             .unwrap_or_else(|| Arc::new(LocalStore::new(conf.local_max_keys)));
-        let redis = match conf.redis.as_ref().map(|r| r.get_ref()) {
+        let redis = match &conf.redis {
             None => None,
-            Some(rc) => Some(redis_store(rc, conf.local_max_keys, previous)?),
+            Some(rc) => Some(redis_store(
+                rc,
+                &at.key("redis"),
+                conf.local_max_keys,
+                previous,
+            )?),
         };
         Ok(Self {
             tiers: Vec::new(),
@@ -201,16 +223,18 @@ impl RateLimiter {
         })
     }
 
+    /// Adds the tier `[[rate_limit.tiers]]` found at `at`.
     pub fn add_tier(
         &mut self,
         conf: &TierConf,
-        groups: &BTreeMap<&str, GroupId>,
-        issuers: &[&str],
+        at: &KeyPath,
+        groups: &Groups,
         authenticator: &mut Authenticator,
-    ) -> Result<(), FieldError> {
+    ) -> Result<(), Invalid> {
+        let field = |name: &str, message: String| Invalid::new(at.key(name), message);
         let name = conf.name.as_str();
         if !valid_name(name) {
-            return Err(field("name", NAME_RULE));
+            return Err(field("name", NAME_RULE.into()));
         }
         if self.tiers.iter().any(|t| &*t.name == name) {
             return Err(field("name", format!("another tier is named {name:?}")));
@@ -218,7 +242,7 @@ impl RateLimiter {
         if conf.backend == LimitBackend::Redis && self.redis.is_none() {
             return Err(field(
                 "backend",
-                "backend = \"redis\" needs a [rate_limit.redis] table",
+                "backend = \"redis\" needs a [rate_limit.redis] table".into(),
             ));
         }
         let anonymous = conf.callers == CallerKind::Anonymous;
@@ -227,48 +251,35 @@ impl RateLimiter {
         {
             return Err(field(
                 "callers",
-                "anonymous callers have no token to match issuers, client_ids or claim on",
+                "anonymous callers have no token to match issuers, client_ids or claim on".into(),
             ));
         }
-        let consumer = match conf.consumer.as_deref() {
+        let consumer = match &conf.consumer {
             None => match conf.callers {
                 CallerKind::Anonymous => Consumer::ClientIp,
                 CallerKind::Users => Consumer::Subject,
                 CallerKind::Services => Consumer::ClientId,
             },
-            Some("client_ip") => Consumer::ClientIp,
+            Some(ConsumerConf::ClientIp) => Consumer::ClientIp,
             Some(_) if anonymous => {
                 return Err(field(
                     "consumer",
-                    "anonymous callers can only be told apart by client_ip",
+                    "anonymous callers can only be told apart by client_ip".into(),
                 ))
             }
-            Some("sub") => Consumer::Subject,
-            Some("client_id") => Consumer::ClientId,
-            Some(other) => match other.strip_prefix("claim:") {
-                Some(path) => Consumer::Claim(
-                    authenticator
-                        .claim_slot(ClaimPath::parse(path).map_err(|e| field("consumer", e))?),
-                ),
-                None => {
-                    return Err(field(
-                        "consumer",
-                        format!("{other:?}: expected sub, client_id, client_ip or claim:PATH"),
-                    ))
-                }
-            },
+            Some(ConsumerConf::Subject) => Consumer::Subject,
+            Some(ConsumerConf::ClientId) => Consumer::ClientId,
+            Some(ConsumerConf::Claim(path)) => Consumer::Claim(
+                authenticator.claim_slot(ClaimPath::parse(path).map_err(|e| field("consumer", e))?),
+            ),
         };
         let issuer_names = match &conf.issuers {
             None => None,
             Some(list) => Some(
                 list.iter()
-                    .map(|n| {
-                        let n = n.get_ref().as_str();
-                        if issuers.contains(&n) {
-                            Ok(n.into())
-                        } else {
-                            Err(field("issuers", format!("no issuer named {n:?}")))
-                        }
+                    .map(|n| match authenticator.find(n) {
+                        Some(_) => Ok(n.as_str().into()),
+                        None => Err(field("issuers", format!("no issuer named {n:?}"))),
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
@@ -278,27 +289,29 @@ impl RateLimiter {
             Some(c) => {
                 let path = ClaimPath::parse(&c.name).map_err(|e| field("claim", e))?;
                 if c.values.is_empty() {
-                    return Err(field("claim", "values must list at least one value"));
+                    return Err(field("claim", "values must list at least one value".into()));
                 }
                 let values = c.values.iter().map(|v| v.as_str().into()).collect();
                 Some((authenticator.claim_slot(path), values))
             }
         };
         if conf.limits.is_empty() && conf.group_limits.is_empty() {
-            return Err(field("limits", "a tier needs at least one limit"));
+            return Err(field("limits", "a tier needs at least one limit".into()));
         }
         let own_limits = parse_limits(&conf.limits).map_err(|e| field("limits", e))?;
-        let own = limit_set(name, &own_limits, None, &[])?;
+        let own = limit_set(name, &own_limits, None, &[]).map_err(|(f, m)| field(f, m))?;
         let mut group_sets = Vec::new();
         for (group, limits) in &conf.group_limits {
-            let &id = groups.get(group.as_str()).ok_or_else(|| {
+            let id = groups.find(group).ok_or_else(|| {
                 field(
                     "group_limits",
                     format!("no route has limit_group = {group:?}"),
                 )
             })?;
             let extra = parse_limits(limits).map_err(|e| field("group_limits", e))?;
-            group_sets.push((id, limit_set(name, &own_limits, Some(group), &extra)?));
+            let set =
+                limit_set(name, &own_limits, Some(group), &extra).map_err(|(f, m)| field(f, m))?;
+            group_sets.push((id, set));
         }
         self.tiers.push(Tier {
             name: name.into(),
@@ -456,11 +469,12 @@ const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 fn redis_store(
     conf: &RedisConf,
+    at: &KeyPath,
     max_keys: usize,
     previous: Option<&RateLimiter>,
-) -> Result<Arc<RedisStore>, FieldError> {
+) -> Result<Arc<RedisStore>, Invalid> {
     if conf.timeout.is_zero() {
-        return Err(field("redis", "timeout must be above zero"));
+        return Err(Invalid::new(at.key("timeout"), "must be above zero"));
     }
     let kept = previous
         .and_then(|p| p.redis.clone())
@@ -469,14 +483,14 @@ fn redis_store(
         Some(r) => Ok(r),
         None => RedisStore::new(conf, max_keys)
             .map(Arc::new)
-            .map_err(|e| field("redis", format!("url: {e}"))),
+            .map_err(|e| Invalid::new(at.key("url"), e)),
     }
 }
 
 /// What tier and group names may contain: they end up in headers, metrics and Redis keys.
-pub const NAME_RULE: &str = "use letters, digits, '-', '_' and '.' only";
+const NAME_RULE: &str = "use letters, digits, '-', '_' and '.' only";
 
-pub fn valid_name(name: &str) -> bool {
+fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -492,7 +506,7 @@ fn limit_set(
     own: &[Limit],
     group: Option<&str>,
     extra: &[Limit],
-) -> Result<LimitSet, FieldError> {
+) -> Result<LimitSet, (&'static str, String)> {
     let mut set = LimitSet {
         limits: Vec::new(),
         scopes: Vec::new(),
@@ -511,13 +525,14 @@ fn limit_set(
     extra.iter().for_each(|l| push(group, l));
     let mut seen = std::collections::HashSet::new();
     if !set.names.iter().all(|n| seen.insert(n)) {
-        return Err(field(
-            if group.is_some() {
-                "group_limits"
-            } else {
-                "limits"
-            },
-            "two limits of the same period; keep the stricter one",
+        let key = if group.is_some() {
+            "group_limits"
+        } else {
+            "limits"
+        };
+        return Err((
+            key,
+            "two limits of the same period; keep the stricter one".into(),
         ));
     }
     let policy: Vec<String> = set
@@ -527,6 +542,7 @@ fn limit_set(
         .map(|(n, l)| format!("\"{n}\";q={};w={}", l.count, l.window_secs()))
         .collect();
     // Names were checked against NAME_RULE, so the value is always valid.
-    set.policy = HeaderValue::try_from(policy.join(", ")).map_err(|_| field("name", NAME_RULE))?;
+    set.policy =
+        HeaderValue::try_from(policy.join(", ")).map_err(|_| ("name", NAME_RULE.into()))?;
     Ok(set)
 }

@@ -22,6 +22,10 @@ pub struct Router<R> {
     any_host: PathTable,
 }
 
+/// A route of one [`Router`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(usize);
+
 /// Where a new route lands in the table.
 pub struct RouteKey<'a> {
     /// Lower-case host, if the route is bound to one.
@@ -61,17 +65,19 @@ impl<R> Router<R> {
     /// Finds the route of a request. `host` is the request's `Host` (any case, port allowed);
     /// `path` must be normalized. Routes bound to the host are tried before host-less ones.
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&R> {
-        self.find_index(host, path, method).map(|i| &self.routes[i])
+        self.find_id(host, path, method).map(|id| &self[id])
     }
 
-    /// As [`Router::find`], giving the route's position in [`Router::routes`].
-    pub fn find_index(&self, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
+    /// As [`Router::find`], giving the route's id.
+    pub fn find_id(&self, host: Option<&str>, path: &str, method: &Method) -> Option<RouteId> {
         let bound = host
             .map(strip_port)
             .filter(|_| !self.by_host.is_empty())
             .and_then(|h| self.lookup_host(h))
             .and_then(|t| t.find(path, method));
-        bound.or_else(|| self.any_host.find(path, method))
+        bound
+            .or_else(|| self.any_host.find(path, method))
+            .map(RouteId)
     }
 
     fn lookup_host(&self, host: &str) -> Option<&PathTable> {
@@ -84,6 +90,15 @@ impl<R> Router<R> {
 
     pub fn routes(&self) -> &[R] {
         &self.routes
+    }
+}
+
+impl<R> std::ops::Index<RouteId> for Router<R> {
+    type Output = R;
+
+    /// Ids come from the same router, so they are always in range.
+    fn index(&self, id: RouteId) -> &R {
+        &self.routes[id.0]
     }
 }
 

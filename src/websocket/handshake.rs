@@ -12,7 +12,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::inband::RenewalShape;
 use crate::authenticate::{bearer_token, AuthError};
-use crate::config::{TokenSource, WebSocketConf};
+use crate::config::{Invalid, KeyPath, TokenSource, WebSocketConf};
 
 /// `[websocket]`, compiled.
 #[derive(Debug, Clone)]
@@ -26,43 +26,45 @@ pub struct Settings {
     pub eviction_channel: String,
 }
 
-/// A field of `[websocket]` and what is wrong with it.
-pub type SettingsError = (&'static str, String);
-
 fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
 impl Settings {
-    /// `rate_limit_redis`: the rate limiter's Redis, used when `[websocket]` names none.
+    /// Compiles `[websocket]`, found at `at`. `rate_limit_redis`: the rate limiter's Redis,
+    /// used when `[websocket]` names none.
     pub fn compile(
         conf: &WebSocketConf,
+        at: &KeyPath,
         rate_limit_redis: Option<&str>,
-    ) -> Result<Self, SettingsError> {
-        let nonempty = |field: &'static str, value: &str| {
+    ) -> Result<Self, Invalid> {
+        let nonempty = |field: &str, value: &str| {
             if value.is_empty() {
-                Err((field, "must not be empty".to_string()))
+                Err(Invalid::new(at.key(field), "must not be empty"))
             } else {
                 Ok(value.to_string())
             }
         };
         let subprotocol = nonempty("subprotocol", &conf.subprotocol)?;
         if !subprotocol.chars().all(is_tchar) {
-            return Err((
-                "subprotocol",
+            return Err(Invalid::new(
+                at.key("subprotocol"),
                 format!("{subprotocol:?} is not an HTTP token (RFC 6455 §4.1)"),
             ));
         }
         if !(64..=1 << 20).contains(&conf.renewal_max_bytes) {
-            return Err(("renewal_max_bytes", "must be 64 to 1048576".to_string()));
+            return Err(Invalid::new(
+                at.key("renewal_max_bytes"),
+                "must be 64 to 1048576",
+            ));
         }
         if conf.close_timeout.is_zero() {
-            return Err(("close_timeout", "must be above zero".to_string()));
+            return Err(Invalid::new(at.key("close_timeout"), "must be above zero"));
         }
         let redis_url = conf.redis_url.as_deref().or(rate_limit_redis);
         if let Some(url) = redis_url {
             if !url.starts_with("redis://") {
-                return Err(("redis_url", "must be a redis:// URL".to_string()));
+                return Err(Invalid::new(at.key("redis_url"), "must be a redis:// URL"));
             }
         }
         Ok(Self {
@@ -272,7 +274,8 @@ mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        Settings::compile(&WebSocketConf::default(), None).expect("defaults compile")
+        Settings::compile(&WebSocketConf::default(), &KeyPath::root(), None)
+            .expect("defaults compile")
     }
 
     fn upgrade(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {

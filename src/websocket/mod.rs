@@ -15,13 +15,12 @@
 //! | 4004 | `token revoked`     | the provider no longer holds the token active (introspection) |
 //! | 1001 | `gateway shutting down` | the gateway stops or hands over to a new process   |
 
-pub mod eviction;
 pub mod frame;
 pub mod handshake;
 pub mod inband;
 pub mod registry;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -84,15 +83,6 @@ impl Ending {
 pub trait Renew: Send + Sync {
     /// The new deadline (`None`: the token does not expire), or why the renewal is refused.
     async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str>;
-}
-
-/// The instant a token valid until `until` (seconds since the epoch) stops being accepted.
-pub fn deadline(until: Option<u64>) -> Option<Instant> {
-    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(until?);
-    let left = until
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Some(Instant::now() + left)
 }
 
 /// Asks, every `every`, whether the connection's token still stands; the receiver turns true

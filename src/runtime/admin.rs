@@ -17,10 +17,10 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::lifecycle::Lifecycle;
+use super::eviction::Eviction;
+use super::lifecycle::Lifecycle;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
-use crate::websocket::eviction::Eviction;
 
 /// Largest request body the admin listener reads.
 const MAX_BODY: usize = 4096;

@@ -1,14 +1,18 @@
 //! The TOML schema. Each struct is one table of `gateway.toml`; field docs are the reference.
 //!
-//! These structs only describe the file. [`crate::snapshot::Snapshot::compile`] validates them
-//! and turns them into the immutable form the request path reads.
+//! These structs only describe the file. Each part of the gateway compiles its own table
+//! (validating it, and reporting an [`Invalid`] with the key path) into the immutable form the
+//! request path reads.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
+
+mod source;
+
+pub use source::{load, ConfigError, Invalid, KeyPath, Source};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -24,13 +28,13 @@ pub struct Config {
     pub identity_headers: IdentityHeadersConf,
     /// `[issuers.NAME]`: identity providers whose tokens are accepted.
     #[serde(default)]
-    pub issuers: BTreeMap<String, Spanned<IssuerConf>>,
+    pub issuers: BTreeMap<String, IssuerConf>,
     /// `[upstreams.NAME]`: backends that routes forward to.
     #[serde(default)]
-    pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
+    pub upstreams: BTreeMap<String, UpstreamConf>,
     /// `[[routes]]`: what is reachable, and who may reach it.
     #[serde(default)]
-    pub routes: Vec<Spanned<RouteConf>>,
+    pub routes: Vec<RouteConf>,
     /// `[client_ip]`: where the caller's address comes from.
     #[serde(default)]
     pub client_ip: ClientIpConf,
@@ -215,10 +219,10 @@ pub struct RateLimitConf {
     /// (about 32 MiB).
     pub local_max_keys: usize,
     /// `[rate_limit.redis]`: the shared store for tiers with `backend = "redis"`.
-    pub redis: Option<Spanned<RedisConf>>,
+    pub redis: Option<RedisConf>,
     /// `[[rate_limit.tiers]]`: tried in order; a caller gets the first tier that matches it.
     /// A caller no tier matches is not limited.
-    pub tiers: Vec<Spanned<TierConf>>,
+    pub tiers: Vec<TierConf>,
 }
 
 impl Default for RateLimitConf {
@@ -293,14 +297,14 @@ pub struct TierConf {
     #[serde(default = "default_tier_callers")]
     pub callers: CallerKind,
     /// Only tokens of these issuers.
-    pub issuers: Option<Vec<Spanned<String>>>,
+    pub issuers: Option<Vec<String>>,
     /// Only tokens issued to these clients (`azp` / `client_id`), e.g. the portal and mobile apps.
     pub client_ids: Option<Vec<String>>,
     /// Only tokens whose claim has one of the values: `{ name = "plan", values = ["gold"] }`.
     pub claim: Option<ClaimMatchConf>,
     /// What one consumer is: `sub`, `client_id`, `client_ip` or `claim:PATH`. Default: `sub`
     /// for users, `client_id` for services, `client_ip` for anonymous callers.
-    pub consumer: Option<String>,
+    pub consumer: Option<ConsumerConf>,
     /// Limits, all enforced: `["20/second", "500/hour"]`; also `"100/10s"`.
     pub limits: Vec<String>,
     /// More limits on routes of a `limit_group`, counted separately per group:
@@ -379,7 +383,7 @@ pub struct ServerConf {
 }
 
 /// `[server.tls]`: TLS at the edge. TLS 1.2 and 1.3 only; HTTP/2 by ALPN.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeTlsConf {
     /// HTTPS listen addresses, e.g. `["0.0.0.0:8443"]`.
@@ -403,7 +407,7 @@ fn default_true() -> bool {
 }
 
 /// `{ cert_file = "…", key_file = "…" }`: PEM chain (leaf first) and its private key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConf {
     pub cert_file: PathBuf,
@@ -531,6 +535,26 @@ pub enum Algorithm {
     HS512,
 }
 
+impl From<Algorithm> for jsonwebtoken::Algorithm {
+    fn from(a: Algorithm) -> Self {
+        use jsonwebtoken::Algorithm as J;
+        match a {
+            Algorithm::RS256 => J::RS256,
+            Algorithm::RS384 => J::RS384,
+            Algorithm::RS512 => J::RS512,
+            Algorithm::PS256 => J::PS256,
+            Algorithm::PS384 => J::PS384,
+            Algorithm::PS512 => J::PS512,
+            Algorithm::ES256 => J::ES256,
+            Algorithm::ES384 => J::ES384,
+            Algorithm::EdDSA => J::EdDSA,
+            Algorithm::HS256 => J::HS256,
+            Algorithm::HS384 => J::HS384,
+            Algorithm::HS512 => J::HS512,
+        }
+    }
+}
+
 /// `[issuers.NAME]`: one identity provider.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -551,8 +575,8 @@ pub struct IssuerConf {
     /// How a service token (client credentials, no user behind it) is told apart:
     /// `sub_is_client` (default: `sub` equals the client id, RFC 9068 §2.2), `claim:NAME`
     /// (the claim is present; Keycloak's service accounts carry `client_id`), or `none`.
-    #[serde(default = "default_service_tokens")]
-    pub service_tokens: String,
+    #[serde(default)]
+    pub service_tokens: ServiceTokens,
     /// Accept only certificate-bound tokens (RFC 8705 `cnf.x5t#S256`). Bound tokens are
     /// checked against the TLS client certificate whatever this says. Default: false.
     #[serde(default)]
@@ -682,8 +706,66 @@ fn default_introspection_recheck() -> Duration {
     Duration::from_secs(60)
 }
 
-fn default_service_tokens() -> String {
-    "sub_is_client".into()
+/// `service_tokens`: how an issuer's service tokens are told apart from user tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ServiceTokens {
+    /// `sub_is_client`: `sub` equals the client id (RFC 9068 §2.2).
+    #[default]
+    SubIsClient,
+    /// `claim:NAME`: the claim (a dotted path) is present and not empty.
+    Claim(String),
+    /// `none`: this issuer issues no service tokens.
+    None,
+}
+
+impl TryFrom<String> for ServiceTokens {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "sub_is_client" => Ok(Self::SubIsClient),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("claim:") {
+                Some(path) => Ok(Self::Claim(path.to_string())),
+                None => Err(format!(
+                    "{s:?}: expected \"sub_is_client\", \"claim:NAME\" or \"none\""
+                )),
+            },
+        }
+    }
+}
+
+/// `consumer`: what one consumer of a tier is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ConsumerConf {
+    /// `sub`: the token's subject.
+    Subject,
+    /// `client_id`: the calling client.
+    ClientId,
+    /// `client_ip`: the caller's address.
+    ClientIp,
+    /// `claim:PATH`: the value of a claim.
+    Claim(String),
+}
+
+impl TryFrom<String> for ConsumerConf {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "sub" => Ok(Self::Subject),
+            "client_id" => Ok(Self::ClientId),
+            "client_ip" => Ok(Self::ClientIp),
+            _ => match s.strip_prefix("claim:") {
+                Some(path) => Ok(Self::Claim(path.to_string())),
+                None => Err(format!(
+                    "{s:?}: expected sub, client_id, client_ip or claim:PATH"
+                )),
+            },
+        }
+    }
 }
 fn default_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::RS256]
@@ -933,13 +1015,13 @@ pub struct RouteConf {
     /// Methods this route matches. Default: all.
     pub methods: Option<Vec<String>>,
     /// Name of the `[upstreams.NAME]` to forward to.
-    pub upstream: Option<Spanned<String>>,
+    pub upstream: Option<String>,
     /// Answer directly instead of forwarding.
     pub respond: Option<RespondConf>,
     /// `public` or `authenticated`. Required: nothing is public by accident.
     pub access: Access,
     /// Accept tokens only from these issuers. Default: every configured issuer.
-    pub issuers: Option<Vec<Spanned<String>>>,
+    pub issuers: Option<Vec<String>>,
     /// `[[routes.allow]]`: who may call this route. Without rules, any valid token may.
     #[serde(default)]
     pub allow: Vec<AllowConf>,
@@ -993,76 +1075,4 @@ pub struct AllowConf {
     /// The caller needs every one of these scopes.
     #[serde(default)]
     pub scopes: Vec<String>,
-}
-
-/// Where a problem in a config file is, and what it is.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}\n{excerpt}")]
-    Invalid {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-        excerpt: String,
-    },
-    #[error("{path}: logging.{log}_log: cannot open: {source}")]
-    Log {
-        path: String,
-        log: &'static str,
-        source: std::io::Error,
-    },
-}
-
-/// Reads and parses a config file. Semantic checks happen in `Snapshot::compile`.
-pub fn load(path: &Path) -> Result<(Config, SourceFile), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let source = SourceFile {
-        path: path.to_path_buf(),
-        text,
-    };
-    let config = toml::from_str::<Config>(&source.text).map_err(|e| {
-        let at = e.span().map(|s| s.start).unwrap_or(0);
-        source.error(at, e.message().trim_end().to_string())
-    })?;
-    Ok((config, source))
-}
-
-/// The text of a loaded config file, kept to point errors at their line.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    pub path: PathBuf,
-    pub text: String,
-}
-
-impl SourceFile {
-    /// An error at byte offset `at` of the file.
-    pub fn error(&self, at: usize, message: impl Into<String>) -> ConfigError {
-        let at = at.min(self.text.len());
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
-        let line_text = self.text[line_start..].lines().next().unwrap_or("");
-        ConfigError::Invalid {
-            path: self.path.display().to_string(),
-            line,
-            column,
-            message: message.into(),
-            excerpt: format!("  {line} | {line_text}"),
-        }
-    }
-
-    /// An error about the value `spanned`, naming the key path `key` (e.g. `routes[2].upstream`).
-    pub fn error_at<T>(&self, spanned: &Spanned<T>, key: &str, message: &str) -> ConfigError {
-        self.error(spanned.span().start, format!("{key}: {message}"))
-    }
 }

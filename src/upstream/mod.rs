@@ -1,23 +1,78 @@
 //! Upstreams: where a forwarded request goes, and how the gateway talks to it.
 
+mod attempts;
+pub mod health;
+
+pub use attempts::{Attempts, NoPeer};
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use once_cell::sync::Lazy;
+use std::time::Duration;
 
 use pingora_core::protocols::tls::CaType;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::CertKey;
 
+use crate::clock;
 use crate::config::{Balance, HealthCheckConf, HealthCheckKind, TargetConf, UpstreamConf};
-use crate::health::TargetHealth;
+use crate::config::{Invalid, KeyPath};
 use crate::tls;
+use health::TargetHealth;
 
-/// Index of an upstream in a snapshot.
-pub type UpstreamId = usize;
+/// An upstream of one snapshot: its position in [`Upstreams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamId(usize);
+
+/// Every upstream of a config, by name and by id.
+#[derive(Default)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// Adds an upstream; its id is valid in this collection only.
+    pub fn add(&mut self, upstream: Upstream) -> UpstreamId {
+        self.list.push(upstream);
+        UpstreamId(self.list.len() - 1)
+    }
+
+    pub fn find(&self, name: &str) -> Option<UpstreamId> {
+        self.list
+            .iter()
+            .position(|u| *u.name == *name)
+            .map(UpstreamId)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|u| &*u.name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (UpstreamId, &Upstream)> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (UpstreamId(i), u))
+    }
+}
+
+impl std::ops::Index<UpstreamId> for Upstreams {
+    type Output = Upstream;
+
+    /// Ids come from the same collection, so they are always in range.
+    fn index(&self, id: UpstreamId) -> &Upstream {
+        &self.list[id.0]
+    }
+}
 
 /// TLS to an upstream, compiled.
 #[derive(Debug)]
@@ -53,35 +108,19 @@ pub struct Upstream {
     next_check: AtomicU64,
 }
 
-/// Milliseconds since the process started; ejections are timed on it.
-fn now_ms() -> u64 {
-    static START: Lazy<Instant> = Lazy::new(Instant::now);
-    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A problem with one field of `[upstreams.NAME]`.
-pub struct UpstreamError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-fn error(field: &'static str, message: impl Into<String>) -> UpstreamError {
-    UpstreamError {
-        field,
-        message: message.into(),
-    }
-}
-
 impl Upstream {
-    /// Resolves the targets and reads TLS material now, so a typo fails the config check
-    /// instead of requests. `relative` resolves paths against the config file's directory.
+    /// Compiles `[upstreams.NAME]` (at `at`). Resolves the targets and reads TLS material
+    /// now, so a typo fails the config check instead of requests. `relative` resolves paths
+    /// against the config file's directory.
     pub fn compile(
         name: &str,
         conf: &UpstreamConf,
+        at: &KeyPath,
         relative: impl Fn(&Path) -> std::path::PathBuf,
-    ) -> Result<Self, UpstreamError> {
+    ) -> Result<Self, Invalid> {
+        let error = |field: &str, message: String| Invalid::new(at.key(field), message);
         if conf.targets.is_empty() {
-            return Err(error("targets", "at least one host:port is needed"));
+            return Err(error("targets", "at least one host:port is needed".into()));
         }
         let mut targets = Vec::with_capacity(conf.targets.len());
         let mut weights = Vec::with_capacity(conf.targets.len());
@@ -117,10 +156,7 @@ impl Upstream {
             Some(t) => {
                 if t.sni.is_empty() {
                     // Pingora skips certificate verification altogether for an empty SNI.
-                    return Err(error(
-                        "tls",
-                        "sni must name the backend: an empty one would leave its certificate unverified",
-                    ));
+                    return Err(error("tls", "sni must name the backend: an empty one would leave its certificate unverified".into()));
                 }
                 let ca = t
                     .ca_file
@@ -137,7 +173,7 @@ impl Upstream {
                     _ => {
                         return Err(error(
                             "tls",
-                            "client_cert_file and client_key_file go together",
+                            "client_cert_file and client_key_file go together".into(),
                         ))
                     }
                 };
@@ -148,7 +184,8 @@ impl Upstream {
                 {
                     return Err(error(
                         "health_check",
-                        "http checks need a plain-HTTP upstream; use kind = \"tcp\" with TLS",
+                        "http checks need a plain-HTTP upstream; use kind = \"tcp\" with TLS"
+                            .into(),
                     ));
                 }
                 Some(UpstreamTls {
@@ -163,13 +200,13 @@ impl Upstream {
             if h.interval.is_zero() || h.timeout.is_zero() {
                 return Err(error(
                     "health_check",
-                    "interval and timeout must be above zero",
+                    "interval and timeout must be above zero".into(),
                 ));
             }
             if !h.path.starts_with('/') || h.path.contains(char::is_whitespace) {
                 return Err(error(
                     "health_check",
-                    "path must start with / and have no spaces",
+                    "path must start with / and have no spaces".into(),
                 ));
             }
         }
@@ -218,7 +255,7 @@ impl Upstream {
     /// The health check settings when a round of probes is due (and schedules the next).
     pub fn health_check_due(&self) -> Option<&HealthCheckConf> {
         let conf = self.health_check.as_ref()?;
-        let now = now_ms();
+        let now = clock::process_millis();
         let due = self.next_check.load(Ordering::Relaxed);
         if now < due {
             return None;
@@ -246,7 +283,7 @@ impl Upstream {
 
     /// Whether target `i` takes traffic now (up, and not ejected).
     pub fn available(&self, i: usize) -> bool {
-        self.available_at(i, now_ms())
+        self.available_at(i, clock::process_millis())
     }
 
     /// For readiness: false only when health checks are on and every target fails them.
@@ -258,7 +295,7 @@ impl Upstream {
     /// one on the ring when it is out), else the next in turn. `None` when every target is
     /// down or ejected.
     pub fn pick(&self, key: Option<&[u8]>) -> Option<usize> {
-        let now = now_ms();
+        let now = clock::process_millis();
         if let (Some(ring), Some(key)) = (&self.ring, key) {
             // The ring repeats targets; a bounded walk finds the next available one.
             return ring
@@ -281,7 +318,10 @@ impl Upstream {
         }
         if let Some(slot) = self.ejected_until.get(target) {
             let ms = u64::try_from(self.ejection.as_millis()).unwrap_or(u64::MAX);
-            slot.store(now_ms().saturating_add(ms), Ordering::Relaxed);
+            slot.store(
+                clock::process_millis().saturating_add(ms),
+                Ordering::Relaxed,
+            );
             log::warn!(
                 "upstream {}: target {} ejected for {}",
                 self.name,

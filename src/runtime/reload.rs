@@ -12,9 +12,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use sd_notify::NotifyState;
 
-use crate::lifecycle::notify;
+use super::config_metrics;
+use super::lifecycle::notify;
 use crate::metrics;
-use crate::snapshot::{ServerSettings, SharedSnapshot, Snapshot};
+use crate::snapshot::{SharedSnapshot, Snapshot};
 
 /// Installs a SIGHUP handler at once, before anything else starts: the default action of
 /// SIGHUP would end the process. Signals that arrive before the reloader runs are remembered.
@@ -51,11 +52,11 @@ impl Reloader {
         });
         let applied = match loaded {
             Ok(next) => {
-                for setting in restart_only_changes(&current.server, &next.server) {
+                for setting in current.server.restart_only_changes(&next.server) {
                     log::warn!("reload: {setting} changed; it takes effect only after a restart");
                 }
                 self.config.store(Arc::new(next));
-                let generation = metrics::GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+                let generation = config_metrics::next_generation();
                 log::info!(
                     "reload: {} applied as generation {generation} in {:.1} ms",
                     self.path.display(),
@@ -72,33 +73,6 @@ impl Reloader {
         notify(&[NotifyState::Ready]);
         applied
     }
-}
-
-/// Settings read only at start that differ between two configs, by their keys.
-fn restart_only_changes(old: &ServerSettings, new: &ServerSettings) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if old.listen != new.listen {
-        changed.push("server.listen");
-    }
-    if old.threads != new.threads {
-        changed.push("server.threads");
-    }
-    if old.work_stealing != new.work_stealing {
-        changed.push("server.work_stealing");
-    }
-    if old.grace_period != new.grace_period || old.drain_delay != new.drain_delay {
-        changed.push("server.grace_period / server.drain_delay");
-    }
-    if old.pid_file != new.pid_file || old.upgrade_sock != new.upgrade_sock {
-        changed.push("server.pid_file / server.upgrade_sock");
-    }
-    if old.admin_listen != new.admin_listen {
-        changed.push("admin.listen");
-    }
-    if old.tls_listen != new.tls_listen || old.tls_fingerprint != new.tls_fingerprint {
-        changed.push("server.tls");
-    }
-    changed
 }
 
 #[async_trait]

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use super::every;
 use crate::snapshot::SharedSnapshot;
 
 /// How often stores are asked whether they are due; each keeps its own schedule.
@@ -18,18 +19,6 @@ pub struct KeyRefresher {
 impl KeyRefresher {
     pub fn new(config: SharedSnapshot) -> Self {
         Self { config }
-    }
-}
-
-/// Calls `work` every `period` until shutdown; a late tick is not made up for.
-pub async fn every(period: Duration, shutdown: &mut ShutdownWatch, mut work: impl FnMut()) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => work(),
-        }
     }
 }
 

@@ -1,18 +1,12 @@
-//! Active health checks of upstream targets, run in the background for the current config.
+//! Target health: what probes found, and the probe itself. The runtime decides when to probe.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{HealthCheckConf, HealthCheckKind};
-use crate::key_refresh::every;
-use crate::snapshot::SharedSnapshot;
 
 /// Health of one target, as probes have found it.
 #[derive(Debug)]
@@ -37,7 +31,7 @@ impl TargetHealth {
     }
 
     /// Records one probe; returns the new state when it changed.
-    fn record(&self, ok: bool, conf: &HealthCheckConf) -> Option<bool> {
+    pub fn record(&self, ok: bool, conf: &HealthCheckConf) -> Option<bool> {
         if ok == self.is_up() {
             self.streak.store(0, Ordering::Relaxed);
             return None;
@@ -60,7 +54,7 @@ impl TargetHealth {
 
 /// One probe of `addr`: `Err` says why it failed. HTTP probes are plain HTTP/1.1 with the
 /// target's address as `Host`.
-async fn probe(addr: SocketAddr, conf: &HealthCheckConf) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, conf: &HealthCheckConf) -> Result<(), String> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -97,59 +91,10 @@ async fn probe(addr: SocketAddr, conf: &HealthCheckConf) -> Result<(), String> {
     }
 }
 
-/// How often upstreams are asked whether a probe is due.
-const TICK: Duration = Duration::from_millis(100);
-
-pub struct HealthChecker {
-    config: SharedSnapshot,
-}
-
-impl HealthChecker {
-    pub fn new(config: SharedSnapshot) -> Self {
-        Self { config }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        every(TICK, &mut shutdown, || {
-            let snapshot = self.config.load_full();
-            for (id, upstream) in snapshot.upstreams.iter().enumerate() {
-                let Some(conf) = upstream.health_check_due() else {
-                    continue;
-                };
-                for (target, addr) in upstream.targets().iter().enumerate() {
-                    let (snapshot, addr) = (snapshot.clone(), *addr);
-                    let conf = conf.clone();
-                    // One task per probe: a hanging target does not hold up the others.
-                    tokio::spawn(async move {
-                        let upstream = &snapshot.upstreams[id];
-                        let result = tokio::time::timeout(conf.timeout, probe(addr, &conf))
-                            .await
-                            .unwrap_or_else(|_| Err("timed out".into()));
-                        let health = upstream.health(target);
-                        match (health.record(result.is_ok(), &conf), result) {
-                            (Some(false), Err(why)) => log::warn!(
-                                "upstream {}: target {addr} is down ({why})",
-                                upstream.name
-                            ),
-                            (Some(true), _) => {
-                                log::info!("upstream {}: target {addr} is up", upstream.name)
-                            }
-                            _ => {}
-                        }
-                    });
-                }
-            }
-        })
-        .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn rise_and_fall_need_streaks() {

@@ -13,9 +13,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
-use super::registry::Registry;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
+use crate::websocket::registry::Registry;
 
 /// The longest wait for Redis when publishing an order.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);

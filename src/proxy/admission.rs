@@ -1,0 +1,435 @@
+//! Admission: route → authenticate → authorize → rate-limit, read top to bottom as the
+//! gateway's policy. It takes only the request head, the snapshot and who is calling, and
+//! returns what it decided and what it learned; a [`Pass`] to an upstream is made only here.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::HOST;
+use pingora_http::RequestHeader;
+
+use crate::authenticate::{bearer_token, AuthError, Principal};
+use crate::authorize::Granted;
+use crate::config::Access;
+use crate::identity::IdentityValues;
+use crate::metrics;
+use crate::rate_limit::{Caller, Verdict};
+use crate::respond::{Rejection, Reply};
+use crate::route::{self, RouteId};
+use crate::snapshot::{Action, Route, Snapshot};
+use crate::tls::ClientCert;
+use crate::upstream::UpstreamId;
+use crate::websocket::handshake;
+
+/// Who is calling, as far as the connection tells.
+pub struct Client<'a> {
+    pub ip: IpAddr,
+    pub cert: Option<&'a ClientCert>,
+    /// Whether the audit log wants the token's fingerprint.
+    pub audit: bool,
+}
+
+/// What admission learned about a request, whatever it decided: for headers and logs.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub route: Option<RouteId>,
+    /// The verified caller.
+    pub principal: Option<Arc<Principal>>,
+    /// The bearer token's fingerprint, when the audit log is on.
+    pub token_id: Option<String>,
+    /// The rule that admitted the request.
+    pub granted: Option<Granted>,
+    /// The rate-limit verdict, reported to the client in headers on every answer.
+    pub quota: Option<Verdict>,
+}
+
+/// A request cleared to reach an upstream. Only admission makes one, so nothing can connect
+/// to an upstream for a request that was not admitted.
+#[derive(Debug)]
+pub struct Pass {
+    upstream: UpstreamId,
+    identity: Option<IdentityValues>,
+    normalized_path: Option<String>,
+    affinity: Option<String>,
+    websocket: bool,
+}
+
+impl Pass {
+    pub fn upstream(&self) -> UpstreamId {
+        self.upstream
+    }
+
+    /// The verified identity, as the upstream is told it.
+    pub fn identity(&self) -> Option<&IdentityValues> {
+        self.identity.as_ref()
+    }
+
+    /// The path as routed, when it differs from what the client sent.
+    pub fn take_normalized_path(&mut self) -> Option<String> {
+        self.normalized_path.take()
+    }
+
+    /// The consumer, for upstreams that pick targets by consistent hashing.
+    pub fn affinity(&self) -> Option<&[u8]> {
+        self.affinity.as_deref().map(str::as_bytes)
+    }
+
+    /// Whether the request is a WebSocket upgrade the gateway relays itself.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Decision<'s> {
+    Forward(Pass),
+    Respond(&'s Reply),
+}
+
+/// The outcome of admission.
+pub struct Admission<'s> {
+    pub facts: Facts,
+    pub decision: Result<Decision<'s>, Rejection>,
+}
+
+/// Routes, authenticates, authorizes and rate-limits a request.
+pub async fn admit<'s>(
+    req: &RequestHeader,
+    snap: &'s Snapshot,
+    client: &Client<'_>,
+) -> Admission<'s> {
+    let mut facts = Facts::default();
+    let decision = decide(req, snap, client, &mut facts).await;
+    Admission { facts, decision }
+}
+
+async fn decide<'s>(
+    req: &RequestHeader,
+    snap: &'s Snapshot,
+    client: &Client<'_>,
+    facts: &mut Facts,
+) -> Result<Decision<'s>, Rejection> {
+    // 1. Route: on the normalized path, so the backend serves exactly what was authorized.
+    let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
+    let id = snap
+        .router
+        .find_id(host_of(req), &path, &req.method)
+        .ok_or(Rejection::NotFound)?;
+    facts.route = Some(id);
+    let route = &snap.router[id];
+
+    // 2. Authenticate.
+    if route.access == Access::Authenticated {
+        facts.principal = Some(authenticate(req, snap, route, client, facts).await?);
+    }
+    let principal = facts.principal.as_deref();
+
+    // 3. Authorize, and render the identity the upstream will see.
+    let identity = match principal {
+        None => None,
+        Some(p) => {
+            let granted = route.policy.authorize(&req.method, p).map_err(|e| {
+                metrics::authorization_denied(&route.name, e.reason());
+                Rejection::Forbidden(e)
+            })?;
+            facts.granted = Some(granted);
+            let values = snap.identity.render(p).map_err(|_| {
+                Rejection::Unauthorized(AuthError::InvalidClaim(
+                    "claim not representable in a header",
+                ))
+            })?;
+            Some(values)
+        }
+    };
+
+    // 4. Rate-limit, per consumer of the caller's tier.
+    if !snap.rate_limiter.is_empty() {
+        let caller = Caller {
+            principal,
+            ip: client.ip,
+        };
+        let verdict = snap
+            .rate_limiter
+            .check(&caller, route.limit_group)
+            .await
+            .map_err(Rejection::LimiterUnavailable)?;
+        if let Some(verdict) = verdict {
+            facts.quota = Some(verdict);
+            if !verdict.allowed() {
+                return Err(Rejection::Limited(verdict));
+            }
+        }
+    }
+
+    // 5. Hand over to the upstream, or answer directly.
+    Ok(match &route.action {
+        Action::Respond(reply) => Decision::Respond(reply),
+        Action::Forward(upstream) => Decision::Forward(Pass {
+            upstream: *upstream,
+            identity,
+            normalized_path: match path {
+                Cow::Owned(p) => Some(p),
+                Cow::Borrowed(_) => None,
+            },
+            affinity: snap.upstreams[*upstream].hashes().then(|| match principal {
+                Some(p) => p.subject.clone(),
+                None => client.ip.to_string(),
+            }),
+            websocket: route.websocket.is_some() && handshake::is_websocket(req),
+        }),
+    })
+}
+
+async fn authenticate(
+    req: &RequestHeader,
+    snap: &Snapshot,
+    route: &Route,
+    client: &Client<'_>,
+    facts: &mut Facts,
+) -> Result<Arc<Principal>, Rejection> {
+    let token = token_of(req, route, snap).map_err(|e| {
+        metrics::authentication(e.reason());
+        Rejection::Unauthorized(e)
+    })?;
+    if client.audit {
+        facts.token_id = Some(crate::logs::token_fingerprint(&token));
+    }
+    let principal = snap
+        .authenticator
+        .authenticate(
+            &token,
+            route.issuers.as_deref(),
+            client.cert.map(|c| c.sha256.as_slice()),
+        )
+        .await;
+    metrics::authentication(principal.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
+    principal.map_err(Rejection::from)
+}
+
+/// The request's token: its bearer token, or where the route says a WebSocket carries it
+/// (browsers cannot set headers on a WebSocket).
+pub fn token_of<'r>(
+    req: &'r RequestHeader,
+    route: &Route,
+    snap: &Snapshot,
+) -> Result<Cow<'r, str>, AuthError> {
+    match &route.websocket {
+        Some(sources) if handshake::is_websocket(req) => {
+            handshake::token(req, sources, &snap.websocket)
+        }
+        _ => bearer_token(req).map(Cow::Borrowed),
+    }
+}
+
+/// The host a request is for: its `Host` header, or the authority of an absolute URI.
+pub fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri.host())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::authorize::Forbidden;
+    use crate::config::Source;
+    use crate::token::{self, TokenSpec};
+
+    const ISS: &str = "https://idp.test";
+
+    fn dev(file: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("conf/dev")
+            .join(file)
+    }
+
+    fn snapshot(extra: &str) -> Snapshot {
+        let text = format!(
+            r#"[server]
+listen = ["127.0.0.1:1"]
+
+[issuers.idp]
+issuer = "{ISS}"
+audiences = ["api"]
+jwks_file = "{jwks}"
+
+[upstreams.backend]
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+path = "/public"
+access = "public"
+upstream = "backend"
+
+[[routes]]
+path_prefix = "/agents"
+access = "authenticated"
+upstream = "backend"
+[[routes.allow]]
+methods = ["GET"]
+roles = ["agent"]
+
+[[routes]]
+path = "/hello"
+access = "public"
+respond = {{ body = "hi" }}
+{extra}"#,
+            jwks = dev("jwks.json").display()
+        );
+        let source = Source {
+            path: PathBuf::from("test.toml"),
+            text,
+        };
+        let config = source.parse().expect("test config parses");
+        Snapshot::compile(&config, &source, None).expect("test config compiles")
+    }
+
+    fn token(roles: &[&str]) -> String {
+        let key = token::load_key(&dev("private-key.pem"), jsonwebtoken::Algorithm::RS256)
+            .expect("dev key");
+        let spec = TokenSpec {
+            alg: jsonwebtoken::Algorithm::RS256,
+            kid: Some("dev-1".into()),
+            typ: "at+jwt".into(),
+            issuer: ISS.into(),
+            audience: vec!["api".into()],
+            subject: "alice".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scope: None,
+            azp: None,
+            ttl: Some(Duration::from_secs(300)),
+            issued_ago: Duration::ZERO,
+            not_before_in: None,
+            claims: Vec::new(),
+        };
+        token::mint(&key, &spec).expect("mint")
+    }
+
+    fn request(method: &str, path: &str, token: Option<&str>) -> RequestHeader {
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).expect("request");
+        if let Some(t) = token {
+            req.insert_header("authorization", format!("Bearer {t}"))
+                .expect("header");
+        }
+        req
+    }
+
+    async fn decide<'s>(snap: &'s Snapshot, req: &RequestHeader) -> Admission<'s> {
+        let client = Client {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            cert: None,
+            audit: true,
+        };
+        admit(req, snap, &client).await
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_not_found_and_bad_ones_are_refused() {
+        let snap = snapshot("");
+        let a = decide(&snap, &request("GET", "/nowhere", None)).await;
+        assert!(matches!(a.decision, Err(Rejection::NotFound)));
+        assert!(a.facts.route.is_none());
+        let a = decide(&snap, &request("GET", "/a/%2e%2e/%2e%2e/x", None)).await;
+        assert!(
+            matches!(a.decision, Err(Rejection::BadPath(_))),
+            "{:?}",
+            a.decision
+        );
+    }
+
+    #[tokio::test]
+    async fn public_routes_forward_without_identity() {
+        let snap = snapshot("");
+        let a = decide(&snap, &request("GET", "/public", Some("not-even-a-token"))).await;
+        let Ok(Decision::Forward(pass)) = a.decision else {
+            panic!("{:?}", a.decision);
+        };
+        assert!(pass.identity().is_none());
+        assert!(a.facts.principal.is_none());
+        assert!(a.facts.token_id.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_missing_token_is_unauthorized_on_its_route() {
+        let snap = snapshot("");
+        let a = decide(&snap, &request("GET", "/agents/7", None)).await;
+        assert!(matches!(
+            a.decision,
+            Err(Rejection::Unauthorized(AuthError::Missing))
+        ));
+        assert_eq!(
+            a.facts.route.map(|id| &*snap.router[id].name),
+            Some("/agents")
+        );
+        let a = decide(&snap, &request("GET", "/agents/7", Some("x.y.z"))).await;
+        assert!(matches!(a.decision, Err(Rejection::Unauthorized(_))));
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_without_the_role_is_forbidden_but_known() {
+        let snap = snapshot("");
+        let t = token(&["viewer"]);
+        let a = decide(&snap, &request("GET", "/agents/7", Some(&t))).await;
+        assert!(matches!(
+            a.decision,
+            Err(Rejection::Forbidden(Forbidden::Insufficient))
+        ));
+        assert_eq!(
+            a.facts.principal.map(|p| p.subject.clone()).as_deref(),
+            Some("alice")
+        );
+        assert!(a.facts.token_id.is_some());
+        let t = token(&["agent"]);
+        let a = decide(&snap, &request("DELETE", "/agents/7", Some(&t))).await;
+        assert!(matches!(
+            a.decision,
+            Err(Rejection::Forbidden(Forbidden::MethodNotCovered))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_admitted_request_gets_a_pass_with_its_identity() {
+        let snap = snapshot("");
+        let t = token(&["agent"]);
+        let a = decide(&snap, &request("GET", "/%61gents/7", Some(&t))).await;
+        assert_eq!(a.facts.granted, Some(Granted::Rule(0)), "{:?}", a.decision);
+        let Ok(Decision::Forward(mut pass)) = a.decision else {
+            panic!("{:?}", a.decision);
+        };
+        assert_eq!(snap.upstreams[pass.upstream()].name.as_ref(), "backend");
+        assert!(pass.identity().is_some());
+        assert_eq!(pass.take_normalized_path().as_deref(), Some("/agents/7"));
+        assert!(!pass.is_websocket());
+    }
+
+    #[tokio::test]
+    async fn direct_answers_are_the_routes_own() {
+        let snap = snapshot("");
+        let a = decide(&snap, &request("GET", "/hello", None)).await;
+        let Ok(Decision::Respond(reply)) = a.decision else {
+            panic!("{:?}", a.decision);
+        };
+        assert_eq!(reply.status, 200);
+        assert_eq!(&reply.body[..], b"hi");
+    }
+
+    #[tokio::test]
+    async fn the_tier_limit_refuses_the_request_over_it() {
+        let snap = snapshot(
+            "\n[[rate_limit.tiers]]\nname = \"anonymous\"\ncallers = \"anonymous\"\nlimits = [\"1/minute\"]\n",
+        );
+        let first = decide(&snap, &request("GET", "/public", None)).await;
+        assert!(first.decision.is_ok());
+        assert!(first.facts.quota.is_some_and(|q| q.allowed()));
+        let second = decide(&snap, &request("GET", "/public", None)).await;
+        assert!(matches!(second.decision, Err(Rejection::Limited(_))));
+        assert!(second.facts.quota.is_some_and(|q| !q.allowed()));
+    }
+}

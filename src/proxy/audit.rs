@@ -1,0 +1,96 @@
+//! The log lines of a request: its admission decision (audit log) and its end (access log).
+//! The token itself is never written.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::admission::host_of;
+use super::context::RequestCtx;
+use crate::authorize::Granted;
+use crate::clock;
+use crate::logs::{AccessRecord, AuditRecord};
+use crate::respond::Rejection;
+
+/// The audit line of a decision: every refusal, and every admission of an authenticated
+/// request.
+pub fn decision(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Rejection>) {
+    let snap = &ctx.snapshot;
+    let Some(log) = &snap.logs.audit else {
+        return;
+    };
+    let facts = &ctx.facts;
+    let (decision, status, reason) = match rejection {
+        None if facts.principal.is_none() => return,
+        None => ("allow", None, Cow::Borrowed("ok")),
+        Some(r) => {
+            let reason = match r {
+                Rejection::BadPath(e) => Cow::Owned(e.to_string()),
+                Rejection::NotFound => Cow::Borrowed("no_route"),
+                Rejection::Unauthorized(e) => Cow::Borrowed(e.reason()),
+                Rejection::Forbidden(e) => Cow::Borrowed(e.reason()),
+                Rejection::Limited(v) => {
+                    Cow::Owned(format!("rate_limited:{}", snap.rate_limiter.tier_name(v)))
+                }
+                Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
+                Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
+            };
+            ("deny", Some(r.status()), reason)
+        }
+    };
+    let p = facts.principal.as_ref();
+    log.record(&AuditRecord {
+        time: clock::rfc3339_millis(),
+        log: "audit",
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        route: ctx.route_name(),
+        decision,
+        status,
+        reason,
+        rule: facts.granted.map(|g| match g {
+            Granted::AnyPrincipal => "authenticated".to_string(),
+            Granted::Rule(i) => format!("allow[{i}]"),
+        }),
+        issuer: p.map(|p| &*p.issuer),
+        subject: p.map(|p| p.subject.as_str()),
+        client_id: p.and_then(|p| p.client_id.as_deref()),
+        tenant: p.and_then(|p| p.tenant.as_deref()),
+        token: facts.token_id.clone(),
+    });
+}
+
+/// The access line of a finished request.
+pub fn access(session: &Session, ctx: &RequestCtx, status: u16, took: Duration) {
+    let Some(log) = &ctx.snapshot.logs.access else {
+        return;
+    };
+    let req = session.req_header();
+    let header =
+        |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let upstream = ctx
+        .forwarding
+        .as_ref()
+        .map(|f| (f.upstream(&ctx.snapshot), f.attempts.target()));
+    log.record(&AccessRecord {
+        time: clock::rfc3339_millis(),
+        log: "access",
+        request_id: ctx.request_id.to_str().unwrap_or("-"),
+        client_ip: ctx.client_ip,
+        method: req.method.as_str(),
+        host: host_of(req).unwrap_or(""),
+        path: req.uri.path(),
+        status,
+        route: ctx.route_name(),
+        upstream: upstream.map(|(u, _)| &*u.name),
+        target: upstream.and_then(|(u, t)| u.targets().get(t?).copied()),
+        subject: ctx.facts.principal.as_ref().map(|p| p.subject.as_str()),
+        duration_ms: took.as_secs_f64() * 1000.0,
+        bytes_sent: session.body_bytes_sent(),
+        user_agent: header(http::header::USER_AGENT),
+    });
+}

@@ -1,0 +1,276 @@
+//! The request path, phase by phase: admission (route → authenticate → authorize →
+//! rate-limit), then the upstream. Each phase is one call into a module named for what it
+//! decides.
+
+mod admission;
+mod audit;
+mod context;
+mod failure;
+mod upgrade;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::metrics;
+use crate::request_id;
+use crate::respond::Reply;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::ClientCert;
+use crate::upstream::{Attempts, NoPeer};
+use crate::websocket::{handshake, registry::Registry};
+use admission::{Client, Decision};
+use context::Forwarding;
+pub use context::RequestCtx;
+use failure::UpstreamFailure;
+
+pub struct Gateway {
+    config: SharedSnapshot,
+    /// Open WebSockets, for eviction and shutdown.
+    websockets: Arc<Registry>,
+    /// Connects to upstreams for the WebSockets the gateway relays itself.
+    connector: TransportConnector,
+}
+
+impl Gateway {
+    pub fn new(config: SharedSnapshot, websockets: Arc<Registry>) -> Self {
+        Self {
+            config,
+            websockets,
+            connector: TransportConnector::new(None),
+        }
+    }
+}
+
+/// Writes one of the gateway's own answers; the connection stays reusable.
+async fn respond(session: &mut Session, ctx: &RequestCtx, mut reply: Reply) -> Result<bool> {
+    reply.headers.extend(ctx.answer_headers());
+    reply.send(session).await?;
+    Ok(true)
+}
+
+/// What the backend is told besides the client's request: the verified identity, the
+/// request id, and the path as it was routed.
+fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    snap: &Snapshot,
+    forwarding: &mut Forwarding,
+    cert: Option<&ClientCert>,
+    request_id: &http::HeaderValue,
+) -> Result<()> {
+    snap.identity.apply(req, forwarding.pass.identity(), cert)?;
+    req.insert_header(request_id::HEADER, request_id.clone())?;
+    if let Some(path) = forwarding.pass.take_normalized_path() {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let uri = http::Uri::try_from(uri).map_err(|e| {
+            Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
+        })?;
+        req.set_uri(uri);
+    }
+    Ok(())
+}
+
+/// Pingora calls the upstream phases only after `request_filter` let a request through, which
+/// it does only with a pass: without one, this is a bug, answered 500.
+fn unadmitted() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "upstream phase without admission")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.config.load_full())
+    }
+
+    /// Admission. `Ok(false)` forwards the request; `Ok(true)` means it was answered here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = ctx.snapshot.clone();
+        ctx.identify(session);
+        let client = Client {
+            ip: ctx.client_ip,
+            cert: ctx.downstream.cert.as_ref(),
+            audit: snap.logs.audit.is_some(),
+        };
+        let admission = admission::admit(session.req_header(), &snap, &client).await;
+        metrics::gateway_overhead(ctx.started.elapsed());
+        ctx.facts = admission.facts;
+        audit::decision(session.req_header(), ctx, admission.decision.as_ref().err());
+        match admission.decision {
+            Ok(Decision::Forward(pass)) if pass.is_websocket() => {
+                upgrade::serve(
+                    session,
+                    ctx,
+                    pass,
+                    &self.connector,
+                    &self.config,
+                    &self.websockets,
+                )
+                .await?;
+                Ok(true)
+            }
+            Ok(Decision::Forward(pass)) => {
+                let attempts = Attempts::timed(&snap.upstreams[pass.upstream()]);
+                ctx.forwarding = Some(Forwarding { pass, attempts });
+                Ok(false)
+            }
+            Ok(Decision::Respond(reply)) => respond(session, ctx, reply.clone()).await,
+            Err(rejection) => respond(session, ctx, snap.responses.reply(rejection)).await,
+        }
+    }
+
+    /// The target of the next connection attempt.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let forwarding = ctx.forwarding.as_mut().ok_or_else(unadmitted)?;
+        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+        match forwarding
+            .attempts
+            .next_peer(upstream, forwarding.pass.affinity())
+        {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(NoPeer::Unavailable) => Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no target is available",
+            )),
+            Err(NoPeer::TimedOut) => Err(Error::explain(
+                ErrorType::ConnectTimedout,
+                "the upstream timeout passed before a connection was made",
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Upgrades other than the WebSockets relayed above: the backend answers plain HTTP.
+        if handshake::has_upgrade(upstream_request) {
+            handshake::strip_upgrade(upstream_request);
+        }
+        let forwarding = ctx.forwarding.as_mut().ok_or_else(unadmitted)?;
+        let cert = ctx.downstream.cert.as_ref();
+        prepare_upstream_request(
+            upstream_request,
+            &ctx.snapshot,
+            forwarding,
+            cert,
+            &ctx.request_id,
+        )
+    }
+
+    /// A connection attempt failed: another target may take the request.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(forwarding) = ctx.forwarding.as_mut() {
+            let upstream = forwarding.upstream(&ctx.snapshot);
+            if forwarding.attempts.failed(upstream) {
+                log::warn!("upstream {peer}: {e}; trying another target");
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// The upstream could not serve the request: a JSON 502/503/504 when nothing was answered
+    /// yet.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let failure = UpstreamFailure::classify(e);
+        let upstream = ctx
+            .forwarding
+            .as_ref()
+            .map_or("-", |f| &*f.upstream(&ctx.snapshot).name);
+        match failure {
+            UpstreamFailure::ClientGone => {
+                log::debug!("client went away: {e}");
+            }
+            f => log::warn!(
+                "upstream {upstream}: {} ({e}) for {} {}",
+                f.status(),
+                session.req_header().method,
+                session.req_header().uri.path()
+            ),
+        }
+        let status = failure.status();
+        // Once the upstream's own response has started, it cannot be replaced.
+        if status > 0 && session.response_written().is_none() {
+            if let Err(e) = failure::answer(session, ctx, status).await {
+                log::debug!("could not send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for (name, value) in ctx.answer_headers() {
+            upstream_response.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // Each read is bounded by the time left when the attempt started; this catches a
+        // response that keeps trickling in past the deadline.
+        let deadline = ctx.forwarding.as_ref().and_then(|f| f.attempts.deadline());
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "the upstream timeout passed during the response",
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let took = ctx.started.elapsed();
+        // Nobody was answered: the client left first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let req = session.req_header();
+        metrics::request(ctx.route_name().unwrap_or(""), &req.method, status, took);
+        audit::access(session, ctx, status, took);
+    }
+}

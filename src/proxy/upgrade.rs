@@ -1,0 +1,235 @@
+//! WebSocket upgrades: the gateway connects to the backend itself and relays the connection
+//! to its end, so it can close both sides when the token expires, is revoked or evicted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_proxy::Session;
+
+use super::admission::{host_of, token_of, Pass};
+use super::context::{Forwarding, Held, RequestCtx};
+use super::failure::{self, UpstreamFailure};
+use super::prepare_upstream_request;
+use crate::authenticate::AuthError;
+use crate::authorize::Forbidden;
+use crate::clock;
+use crate::config::Access;
+use crate::metrics;
+use crate::route;
+use crate::snapshot::SharedSnapshot;
+use crate::upstream::Attempts;
+use crate::websocket::{self, handshake, registry::Registry, Relay, Renew};
+
+/// Serves an admitted upgrade to the end of the connection.
+pub async fn serve(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    pass: Pass,
+    connector: &TransportConnector,
+    config: &SharedSnapshot,
+    websockets: &Arc<Registry>,
+) -> Result<()> {
+    let snap = ctx.snapshot.clone();
+    let upstream = &snap.upstreams[pass.upstream()];
+    let forwarding = ctx.forwarding.insert(Forwarding {
+        attempts: Attempts::untimed(upstream),
+        pass,
+    });
+    let mut req = session.req_header().clone();
+    prepare_upstream_request(
+        &mut req,
+        &snap,
+        forwarding,
+        ctx.downstream.cert.as_ref(),
+        &ctx.request_id,
+    )?;
+    handshake::upstream_request(&mut req, &snap.websocket)?;
+
+    // Connect as a proxied request would: another target while attempts are left.
+    let (stream, peer) = loop {
+        let Ok(peer) = forwarding
+            .attempts
+            .next_peer(upstream, forwarding.pass.affinity())
+        else {
+            return failure::answer(session, ctx, 503).await;
+        };
+        match connector.new_stream(&peer).await {
+            Ok(stream) => break (stream, peer),
+            Err(e) => {
+                log::warn!("upstream {peer}: {e}");
+                if !forwarding.attempts.failed(upstream) {
+                    return failure::answer(session, ctx, 502).await;
+                }
+            }
+        }
+    };
+    let mut backend = UpstreamSession::new_with_options(stream, &peer);
+    let answered = async {
+        backend.write_request_header(Box::new(req)).await?;
+        backend.read_response().await
+    };
+    if let Err(e) = answered.await {
+        log::warn!("upstream {peer}: websocket handshake: {e}");
+        let status = UpstreamFailure::classify(&e).status();
+        return failure::answer(session, ctx, status.max(502)).await;
+    }
+    let Some(mut resp) = backend.resp_header().cloned() else {
+        return failure::answer(session, ctx, 502).await;
+    };
+    for (name, value) in ctx.answer_headers() {
+        resp.insert_header(name, value)?;
+    }
+
+    if !backend.was_upgraded() {
+        // The backend refused the upgrade: its answer goes to the client as it is.
+        session.write_response_header(Box::new(resp), false).await?;
+        while let Some(body) = backend.read_body_bytes().await? {
+            session.write_response_body(Some(body), false).await?;
+        }
+        return session.write_response_body(None, true).await;
+    }
+    let deflate = handshake::client_response(&mut resp, session.req_header(), &snap.websocket)?;
+    // Frames the backend sent along with its 101.
+    let first = match futures_util::FutureExt::now_or_never(backend.read_body_bytes()) {
+        Some(Ok(Some(bytes))) => bytes,
+        _ => bytes::Bytes::new(),
+    };
+    session.write_response_header(Box::new(resp), false).await?;
+    ctx.websocket = Some(Held::new(metrics::websockets_open()));
+
+    let principal = ctx.facts.principal.as_ref();
+    let route = ctx.facts.route.map(|id| &snap.router[id]);
+    // A token that may be revoked before it expires is asked about again now and then.
+    let recheck = principal.and(snap.authenticator.websocket_recheck());
+    let token = match (recheck, route) {
+        (Some(_), Some(route)) => token_of(session.req_header(), route, &snap)
+            .map(std::borrow::Cow::into_owned)
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let renewal = Arc::new(Renewal {
+        config: config.clone(),
+        host: host_of(session.req_header()).map(str::to_owned),
+        path: route::normalize(session.req_header().uri.path())
+            .map_err(|e| Error::because(ErrorType::InternalError, "path", e))?
+            .into_owned(),
+        subject: principal.map(|p| p.subject.clone()).unwrap_or_default(),
+        tenant: principal.and_then(|p| p.tenant.clone()),
+        cert: ctx.downstream.cert.as_ref().map(|c| c.sha256.clone()),
+        token: std::sync::Mutex::new(token),
+    });
+    // Nothing to renew on a public route: every message goes through.
+    let renew = principal.is_some().then_some(&*renewal as &dyn Renew);
+    let revoked = recheck.map(|every| {
+        let renewal = renewal.clone();
+        websocket::watch_revocation(every, move || {
+            let renewal = renewal.clone();
+            async move { renewal.still_active().await }
+        })
+    });
+    let relay = Relay::new(
+        &snap.websocket,
+        deflate,
+        principal.and_then(|p| clock::instant_of_unix(p.valid_until)),
+        websockets.register(&renewal.subject),
+        renew,
+        revoked,
+    );
+    let ending = relay.run(session, backend.into_inner(), first).await;
+    log::debug!(
+        "websocket {} ended: {}",
+        ctx.request_id.to_str().unwrap_or("-"),
+        ending.label()
+    );
+    Ok(())
+}
+
+/// Validates the tokens of one WebSocket against the config current at the time: renewal
+/// tokens as they arrive, and the token in use when it is introspected again.
+struct Renewal {
+    config: SharedSnapshot,
+    host: Option<String>,
+    path: String,
+    subject: String,
+    tenant: Option<String>,
+    cert: Option<Vec<u8>>,
+    /// The token the connection lives by now: the one it was opened with, or the last renewal.
+    token: std::sync::Mutex<String>,
+}
+
+/// Why a token does not keep a WebSocket open.
+enum Unfit {
+    Token(AuthError),
+    /// The route is gone or no longer authenticated (a reload changed it).
+    NoRoute,
+    /// Another subject or tenant than the connection's.
+    OtherSubject,
+    Forbidden(Forbidden),
+}
+
+impl Unfit {
+    fn reason(&self) -> &'static str {
+        match self {
+            Unfit::Token(e) => e.reason(),
+            Unfit::NoRoute => "no_route",
+            Unfit::OtherSubject => "other_subject",
+            Unfit::Forbidden(f) => f.reason(),
+        }
+    }
+}
+
+impl Renewal {
+    /// The token's deadline, if it is still good for this connection.
+    async fn check(&self, token: &str) -> Result<Option<Instant>, Unfit> {
+        let snap = self.config.load_full();
+        let route = snap
+            .router
+            .find(self.host.as_deref(), &self.path, &http::Method::GET)
+            .filter(|r| r.access == Access::Authenticated)
+            .ok_or(Unfit::NoRoute)?;
+        let principal = snap
+            .authenticator
+            .authenticate(token, route.issuers.as_deref(), self.cert.as_deref())
+            .await
+            .map_err(Unfit::Token)?;
+        if principal.subject != self.subject || principal.tenant != self.tenant {
+            return Err(Unfit::OtherSubject);
+        }
+        route
+            .policy
+            .authorize(&http::Method::GET, &principal)
+            .map_err(Unfit::Forbidden)?;
+        Ok(clock::instant_of_unix(principal.valid_until))
+    }
+
+    fn current_token(&self) -> String {
+        self.token.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Whether the token in use is still active. A provider that cannot be asked ends no
+    /// connection: the next check asks again, and the token's `exp` still holds.
+    async fn still_active(&self) -> bool {
+        match self.check(&self.current_token()).await {
+            Ok(_) | Err(Unfit::Token(AuthError::Undecided { .. })) => true,
+            Err(e) => {
+                log::info!("websocket of {} ends: {}", self.subject, e.reason());
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Renew for Renewal {
+    async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str> {
+        let deadline = self.check(token).await.map_err(|e| e.reason())?;
+        if let Ok(mut current) = self.token.lock() {
+            token.clone_into(&mut current);
+        }
+        Ok(deadline)
+    }
+}

@@ -1,0 +1,186 @@
+//! Metrics read from the running config when they are scraped: the config generation, keys
+//! per issuer, cached tokens, target health.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use crate::clock;
+use crate::metrics;
+use crate::snapshot::SharedSnapshot;
+
+/// Config generation: 1 at start, one more per applied reload.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a config put in use (the first at start); returns its generation.
+pub fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+fn generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// Metrics read from the running config at scrape time.
+struct SnapshotCollector {
+    config: SharedSnapshot,
+    generation: IntGauge,
+    key_fetches: IntCounterVec,
+    key_age: GaugeVec,
+    keys: IntGaugeVec,
+    cached_tokens: IntGauge,
+    introspection_entries: IntGaugeVec,
+    target_up: IntGaugeVec,
+    descs: Vec<Desc>,
+}
+
+impl SnapshotCollector {
+    fn new(config: SharedSnapshot) -> prometheus::Result<Self> {
+        let generation = IntGauge::new(
+            "config_generation",
+            "The running config: 1 at start, one more per applied reload.",
+        )?;
+        let key_fetches = IntCounterVec::new(
+            Opts::new(
+                "jwks_fetches_total",
+                "Key set (JWKS) fetches by issuer and outcome (ok, failed).",
+            ),
+            &["issuer", "outcome"],
+        )?;
+        let key_age = GaugeVec::new(
+            Opts::new(
+                "jwks_key_age_seconds",
+                "Seconds since the issuer's keys were last loaded (absent until they are).",
+            ),
+            &["issuer"],
+        )?;
+        let keys = IntGaugeVec::new(
+            Opts::new("jwks_keys", "Keys held for the issuer."),
+            &["issuer"],
+        )?;
+        let cached_tokens = IntGauge::new(
+            "token_cache_entries",
+            "Verified tokens remembered by the running config.",
+        )?;
+        let introspection_entries = IntGaugeVec::new(
+            Opts::new(
+                "introspection_cache_entries",
+                "Introspection answers remembered, by issuer.",
+            ),
+            &["issuer"],
+        )?;
+        let target_up = IntGaugeVec::new(
+            Opts::new(
+                "upstream_target_up",
+                "1 if the target takes traffic (health checks and ejection), else 0.",
+            ),
+            &["upstream", "target"],
+        )?;
+        let descs = [
+            generation.desc(),
+            key_fetches.desc(),
+            key_age.desc(),
+            keys.desc(),
+            cached_tokens.desc(),
+            introspection_entries.desc(),
+            target_up.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        Ok(Self {
+            config,
+            generation,
+            key_fetches,
+            key_age,
+            keys,
+            cached_tokens,
+            introspection_entries,
+            target_up,
+            descs,
+        })
+    }
+}
+
+impl Collector for SnapshotCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.config.load();
+        self.generation
+            .set(i64::try_from(generation()).unwrap_or(i64::MAX));
+        self.key_fetches.reset();
+        self.key_age.reset();
+        self.keys.reset();
+        self.target_up.reset();
+        let now = clock::unix_millis();
+        for issuer in snap.authenticator.issuers() {
+            let name = &*issuer.name;
+            let stats = &issuer.keys.stats;
+            let fetches = stats.fetches.load(Ordering::Relaxed);
+            let failed = stats.fetch_failures.load(Ordering::Relaxed);
+            self.key_fetches
+                .with_label_values(&[name, "ok"])
+                .inc_by(fetches.saturating_sub(failed));
+            self.key_fetches
+                .with_label_values(&[name, "failed"])
+                .inc_by(failed);
+            let loaded = stats.loaded_at_unix_ms.load(Ordering::Relaxed);
+            if loaded > 0 {
+                self.key_age
+                    .with_label_values(&[name])
+                    .set(now.saturating_sub(loaded) as f64 / 1000.0);
+            }
+            let held = issuer.keys.current().map_or(0, |k| k.len());
+            self.keys
+                .with_label_values(&[name])
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+        self.cached_tokens
+            .set(i64::try_from(snap.authenticator.cached_tokens()).unwrap_or(i64::MAX));
+        self.introspection_entries.reset();
+        for issuer in snap.authenticator.issuers() {
+            if let Some(introspector) = &issuer.introspection {
+                self.introspection_entries
+                    .with_label_values(&[&*issuer.name])
+                    .set(i64::try_from(introspector.cached()).unwrap_or(i64::MAX));
+            }
+        }
+        for (_, upstream) in snap.upstreams.iter() {
+            for (i, target) in upstream.targets().iter().enumerate() {
+                self.target_up
+                    .with_label_values(&[&*upstream.name, &target.to_string()])
+                    .set(i64::from(upstream.available(i)));
+            }
+        }
+        [
+            self.generation.collect(),
+            self.key_fetches.collect(),
+            self.key_age.collect(),
+            self.keys.collect(),
+            self.cached_tokens.collect(),
+            self.introspection_entries.collect(),
+            self.target_up.collect(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}
+
+/// Adds the metrics read from the running config. Called once, at start.
+pub fn watch(config: SharedSnapshot) {
+    match SnapshotCollector::new(config) {
+        Ok(c) => {
+            if let Err(e) = metrics::register_collector(Box::new(c)) {
+                log::error!("config metrics are off: {e}");
+            }
+        }
+        Err(e) => log::error!("config metrics are off: {e}"),
+    }
+}

@@ -1,0 +1,182 @@
+//! The compiled, immutable form of a config: what the request path reads.
+//!
+//! Each part compiles its own table (and reports the first problem as an [`Invalid`] naming
+//! its key); this module composes them and places errors at their file, line and key. A
+//! snapshot is shared through one `ArcSwap`; each request takes one `Arc` of it and sees one
+//! consistent config from start to end.
+
+mod routes;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::authenticate::{AddError, Authenticator, Issuer, IssuerContext};
+use crate::client_ip::ClientIpResolver;
+use crate::config::{self, Config, ConfigError, Invalid, KeyPath, Source};
+use crate::identity::IdentityHeaders;
+use crate::logs::{Destination, Logs};
+use crate::rate_limit::RateLimiter;
+use crate::respond::Responses;
+use crate::route::Router;
+use crate::upstream::{Upstream, Upstreams};
+use crate::websocket;
+
+pub use routes::{Action, Route};
+pub use server::ServerSettings;
+
+/// The config the gateway currently serves, swapped atomically as a whole.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub router: Router<Route>,
+    pub authenticator: Authenticator,
+    pub upstreams: Upstreams,
+    pub responses: Responses,
+    pub identity: IdentityHeaders,
+    pub client_ip: ClientIpResolver,
+    pub rate_limiter: RateLimiter,
+    pub websocket: websocket::Settings,
+    /// Where the logs go, as configured.
+    pub logging: (Destination, Destination),
+    /// The open logs; empty until [`Snapshot::open_logs`].
+    pub logs: Logs,
+}
+
+impl Snapshot {
+    /// Loads and compiles a config file.
+    pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+        let (config, source) = config::load(path)?;
+        Self::compile(&config, &source, previous).map_err(|e| source.locate(e))
+    }
+
+    /// Compiles a parsed config. Key stores, introspectors, rate-limit stores and target
+    /// health of unchanged parts are taken over from `previous`, so a reload neither drops
+    /// nor refetches what they hold.
+    pub fn compile(
+        config: &Config,
+        source: &Source,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, Invalid> {
+        let root = KeyPath::root();
+        let relative = |p: &Path| source.relative(p);
+        let server = ServerSettings::compile(config, relative)?;
+        let responses = Responses::compile(&config.responses, &root.key("responses"))?;
+        let identity =
+            IdentityHeaders::compile(&config.identity_headers, &root.key("identity_headers"))?;
+
+        let mut authenticator = Authenticator::default();
+        authenticator.cache_verified(config.token_cache.max_entries);
+        let cx = IssuerContext {
+            relative: &relative,
+            previous: previous.map(|p| &p.authenticator),
+        };
+        for (name, conf) in &config.issuers {
+            let at = root.key("issuers").key(name);
+            let issuer = Issuer::compile(name, conf, &at, &cx)?;
+            authenticator.add(issuer).map_err(|e| match e {
+                AddError::SameIss(other) => Invalid::new(
+                    at.key("issuer"),
+                    format!("same `issuer` as issuers.{other}"),
+                ),
+                AddError::SecondIntrospector(other) => Invalid::new(
+                    at.key("introspection"),
+                    format!(
+                        "issuers.{other} introspects tokens too; a token that is not a JWT \
+                         names no issuer, so only one issuer may introspect"
+                    ),
+                ),
+            })?;
+        }
+
+        let mut upstreams = Upstreams::default();
+        for (name, conf) in &config.upstreams {
+            let at = root.key("upstreams").key(name);
+            let upstream = Upstream::compile(name, conf, &at, relative)?;
+            if let Some(before) =
+                previous.and_then(|p| p.upstreams.find(name).map(|id| &p.upstreams[id]))
+            {
+                upstream.inherit_health(before);
+            }
+            upstreams.add(upstream);
+        }
+
+        let client_ip = ClientIpResolver::compile(&config.client_ip, &root.key("client_ip"))?;
+
+        // Groups are named by routes and referred to by tiers.
+        let groups = routes::limit_groups(&config.routes)?;
+        let at = root.key("rate_limit");
+        let mut rate_limiter =
+            RateLimiter::new(&config.rate_limit, &at, previous.map(|p| &p.rate_limiter))?;
+        for (i, tier) in config.rate_limit.tiers.iter().enumerate() {
+            let at = at.key("tiers").index(i);
+            rate_limiter.add_tier(tier, &at, &groups, &mut authenticator)?;
+        }
+
+        let websocket = websocket::Settings::compile(
+            &config.websocket,
+            &root.key("websocket"),
+            config.rate_limit.redis.as_ref().map(|r| r.url.as_str()),
+        )?;
+
+        let names = routes::Names {
+            authenticator: &authenticator,
+            upstreams: &upstreams,
+            groups: &groups,
+        };
+        let router = routes::compile(&config.routes, &names)?;
+
+        Ok(Snapshot {
+            source: source.path.clone(),
+            server,
+            router,
+            authenticator,
+            upstreams,
+            responses,
+            identity,
+            client_ip,
+            rate_limiter,
+            websocket,
+            logging: (
+                Destination::parse(&config.logging.access_log, relative),
+                Destination::parse(&config.logging.audit_log, relative),
+            ),
+            logs: Logs::default(),
+        })
+    }
+
+    /// Opens the logs for serving, taking over `previous`'s writers where unchanged. Kept out
+    /// of [`Snapshot::load`] so that `portcullis check` creates no files.
+    pub fn open_logs(&mut self, previous: Option<&Snapshot>) -> Result<(), ConfigError> {
+        let (access, audit) = &self.logging;
+        self.logs = Logs::open(access, audit, previous.map(|p| &p.logs)).map_err(|(log, e)| {
+            ConfigError::Log {
+                path: self.source.display().to_string(),
+                log,
+                source: e,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Why the gateway should not take traffic yet, if it should not: an issuer whose keys
+    /// were never loaded, or an upstream whose health checks find no target up.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for issuer in self.authenticator.issuers() {
+            if issuer.hmac.is_none() && issuer.keys.current().is_none() {
+                reasons.push(format!("issuer {}: keys not loaded", issuer.name));
+            }
+        }
+        for (_, upstream) in self.upstreams.iter() {
+            if !upstream.has_healthy_target() {
+                reasons.push(format!("upstream {}: no healthy target", upstream.name));
+            }
+        }
+        reasons
+    }
+}

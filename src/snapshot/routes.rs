@@ -1,0 +1,218 @@
+//! `[[routes]]`, compiled: where each route sends a request, who may use it, and how it is
+//! limited. A route joins the other parts of the config by their ids.
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::authenticate::{Authenticator, IssuerId};
+use crate::authorize::{Policy, Rule};
+use crate::config::{Access, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
+use crate::rate_limit::{GroupId, Groups};
+use crate::respond::Reply;
+use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
+use crate::upstream::{UpstreamId, Upstreams};
+
+/// What a matched route does with an admitted request.
+#[derive(Debug)]
+pub enum Action {
+    Forward(UpstreamId),
+    Respond(Reply),
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Box<str>,
+    pub access: Access,
+    /// Issuers this route trusts; `None`: all.
+    pub issuers: Option<Vec<IssuerId>>,
+    pub policy: Policy,
+    pub limit_group: Option<GroupId>,
+    pub action: Action,
+    /// Where a WebSocket upgrade's token may come from; `None`: the route takes no upgrades.
+    pub websocket: Option<Vec<TokenSource>>,
+}
+
+/// The parts of the config routes refer to by name.
+pub struct Names<'a> {
+    pub authenticator: &'a Authenticator,
+    pub upstreams: &'a Upstreams,
+    pub groups: &'a Groups,
+}
+
+/// `routes[i].limit_group` of every route, collected before the tiers that refer to them.
+pub fn limit_groups(routes: &[RouteConf]) -> Result<Groups, Invalid> {
+    let mut groups = Groups::default();
+    for (i, route) in routes.iter().enumerate() {
+        if let Some(group) = &route.limit_group {
+            let at = KeyPath::root().key("routes").index(i).key("limit_group");
+            groups.add(group, &at)?;
+        }
+    }
+    Ok(groups)
+}
+
+/// Compiles every route into a router.
+pub fn compile(routes: &[RouteConf], names: &Names<'_>) -> Result<Router<Route>, Invalid> {
+    let mut router = Router::default();
+    for (i, conf) in routes.iter().enumerate() {
+        let at = KeyPath::root().key("routes").index(i);
+        let (route, (segments, kind, methods, host)) = Route::compile(conf, &at, names)?;
+        let key = RouteKey {
+            host: host.as_deref(),
+            segments: &segments,
+            kind,
+            methods,
+        };
+        router.add(key, route).map_err(|other| {
+            let field = match kind {
+                PathKind::Exact => "path",
+                PathKind::Prefix => "path_prefix",
+            };
+            let m = format!(
+                "overlaps route {:?} on the same path and methods",
+                other.name
+            );
+            Invalid::new(at.key(field), m)
+        })?;
+    }
+    Ok(router)
+}
+
+/// Where a route goes in the router: segments, kind, methods, host.
+type Placement = (Vec<route::Segment>, PathKind, MethodSet, Option<String>);
+
+impl Route {
+    /// Compiles `[[routes]]` element `at`.
+    fn compile(
+        r: &RouteConf,
+        at: &KeyPath,
+        names: &Names<'_>,
+    ) -> Result<(Route, Placement), Invalid> {
+        let err = |field: &str, m: &str| Invalid::new(at.key(field), m);
+
+        let (raw_path, kind, field) = match (&r.path, &r.path_prefix) {
+            (Some(p), None) => (p, PathKind::Exact, "path"),
+            (None, Some(p)) => (p, PathKind::Prefix, "path_prefix"),
+            _ => return Err(err("path", "set exactly one of path and path_prefix")),
+        };
+        let path = route::normalize(raw_path).map_err(|e| err(field, &e.to_string()))?;
+        let segments = route::parse_pattern(&path, kind).map_err(|e| err(field, &e))?;
+        let methods = MethodSet::parse(r.methods.as_deref()).map_err(|e| err("methods", &e))?;
+        let host = r.host.as_deref().map(str::to_ascii_lowercase);
+        if host.as_deref() == Some("") {
+            return Err(err(
+                "host",
+                "must not be empty (leave it out to match any host)",
+            ));
+        }
+
+        let action = match (&r.upstream, &r.respond) {
+            (Some(name), None) => match names.upstreams.find(name) {
+                Some(id) => Action::Forward(id),
+                None => {
+                    let known: Vec<&str> = names.upstreams.names().collect();
+                    let m = format!("no upstream named {name:?} (defined: {})", known.join(", "));
+                    return Err(err("upstream", &m));
+                }
+            },
+            (None, Some(respond)) => {
+                if !(100..=599).contains(&respond.status) {
+                    return Err(err("respond", "status must be between 100 and 599"));
+                }
+                let content_type = HeaderValue::from_str(&respond.content_type)
+                    .map_err(|_| err("respond", "content_type is not a valid header value"))?;
+                Action::Respond(Reply::new(
+                    respond.status,
+                    content_type,
+                    Bytes::from(respond.body.clone()),
+                ))
+            }
+            _ => return Err(err("upstream", "set exactly one of upstream and respond")),
+        };
+
+        let issuers = match &r.issuers {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        names.authenticator.find(n).ok_or_else(|| {
+                            let known: Vec<&str> = names
+                                .authenticator
+                                .issuers()
+                                .iter()
+                                .map(|i| &*i.name)
+                                .collect();
+                            let m =
+                                format!("no issuer named {n:?} (defined: {})", known.join(", "));
+                            Invalid::new(at.key("issuers"), m)
+                                .pointing_at(at.key("issuers").index(i))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+
+        let policy = match r.access {
+            Access::Public => {
+                if !r.allow.is_empty() || issuers.is_some() || r.callers.is_some() {
+                    return Err(err(
+                        "access",
+                        "a public route takes no `allow` rules, `issuers` or `callers`",
+                    ));
+                }
+                Policy::default()
+            }
+            Access::Authenticated => {
+                if names.authenticator.issuers().is_empty() {
+                    return Err(err(
+                        "access",
+                        "authenticated routes need at least one [issuers.NAME]",
+                    ));
+                }
+                let mut rules = Vec::with_capacity(r.allow.len());
+                for rule in &r.allow {
+                    rules.push(Rule {
+                        methods: MethodSet::parse(rule.methods.as_deref())
+                            .map_err(|e| err("methods", &e))?,
+                        roles: rule.roles.iter().map(|s| s.as_str().into()).collect(),
+                        scopes: rule.scopes.iter().map(|s| s.as_str().into()).collect(),
+                    });
+                }
+                Policy {
+                    callers: r.callers.unwrap_or(RouteCallers::Users),
+                    rules,
+                }
+            }
+        };
+
+        let websocket = match &r.websocket {
+            None => None,
+            Some(_) if matches!(action, Action::Respond(_)) => {
+                return Err(err("websocket", "WebSockets need an `upstream`"));
+            }
+            Some(ws) if ws.token_from.is_empty() => {
+                return Err(err("websocket", "token_from needs at least one source"));
+            }
+            Some(ws) if r.access == Access::Public && ws.token_from != [TokenSource::Header] => {
+                return Err(err(
+                    "websocket",
+                    "a public route reads no token: leave out token_from",
+                ));
+            }
+            Some(ws) => Some(ws.token_from.clone()),
+        };
+
+        let route = Route {
+            name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
+            access: r.access,
+            issuers,
+            policy,
+            limit_group: r.limit_group.as_deref().and_then(|g| names.groups.find(g)),
+            action,
+            websocket,
+        };
+        Ok((route, (segments, kind, methods, host)))
+    }
+}
