@@ -6,7 +6,7 @@
 # Both gateways run the same config (RS256 tokens, a GET-for-role-`agent` rule, a local rate
 # limit too high to bite, logs off) with 1 worker thread on CPU 0, in front of one nginx on
 # CPU 1; wrk (also on CPU 1) cycles through 1,000 distinct tokens. Runs alternate between the
-# two, so machine noise hits both alike. Prints each run and the median ratio this/other.
+# two (each first every other round), so machine noise hits both alike. Prints each run and the median ratio this/other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OTHER=$(realpath "${1:?usage: benches/before_after.sh OTHER_BINARY [seconds] [rounds]}")
@@ -113,8 +113,12 @@ run this 3 > /dev/null
 run other 3 > /dev/null
 : > "$TMP/ratios"
 for round in $(seq "$ROUNDS"); do
-  a=$(run this "$SECS")
-  b=$(run other "$SECS")
+  # Each goes first every other round, so neither always runs on a warmer machine.
+  if [ $((round % 2)) = 1 ]; then
+    a=$(run this "$SECS"); b=$(run other "$SECS")
+  else
+    b=$(run other "$SECS"); a=$(run this "$SECS")
+  fi
   echo "round $round: this $a req/s, other $b req/s" >&2
   awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f\n", a / b }' >> "$TMP/ratios"
 done

@@ -156,6 +156,16 @@ respond = {{ status = 200, body = "ok" }}
     assert_eq!(ok["subject"], "alice");
     assert_eq!(ok["client_ip"], "127.0.0.1");
     assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    // Whole microseconds: milliseconds with at most three decimals, no float noise.
+    for line in std::fs::read_to_string(&access).unwrap().lines() {
+        let value = line
+            .split("\"duration_ms\":")
+            .nth(1)
+            .and_then(|rest| rest.split([',', '}']).next())
+            .unwrap();
+        let decimals = value.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 3, "duration_ms {value} in {line}");
+    }
     assert_eq!(
         ok["request_id"].as_str().unwrap().len(),
         36,

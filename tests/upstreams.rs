@@ -47,6 +47,9 @@ async fn upstream_failures_are_json_and_connection_failures_are_retried() {
 targets = ["127.0.0.1:{closed}"]
 retries = 0
 
+[upstreams.lone]
+targets = ["127.0.0.1:{closed}"]
+
 [upstreams.half]
 targets = ["127.0.0.1:{closed}", "127.0.0.1:{echo}"]
 retries = 1
@@ -74,6 +77,11 @@ timeout = "600ms"
 path = "/down"
 access = "public"
 upstream = "down"
+
+[[routes]]
+path = "/lone"
+access = "public"
+upstream = "lone"
 
 [[routes]]
 path = "/half"
@@ -113,6 +121,18 @@ upstream = "trickle"
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "service_unavailable");
     assert!(started.elapsed() < Duration::from_millis(500));
+
+    // With the default retry, a lone target that refuses is still what the client hears
+    // of: the retry finds it ejected, and the answer is the failure, not an outage.
+    let r = get(&gw.url("/lone"), None).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert!(
+        !r.body.contains("127.0.0.1"),
+        "no internal detail: {}",
+        r.body
+    );
+    assert!(gw.log().contains("trying another target"), "{}", gw.log());
 
     // Without retries, one request finds the dead target; after that it gets no traffic
     // until the ejection ends, when one request tries it again.

@@ -89,7 +89,8 @@ pub fn access(session: &Session, ctx: &RequestCtx, status: u16, took: Duration) 
         upstream: upstream.map(|(u, _)| &*u.name),
         target: upstream.and_then(|(u, t)| u.targets().get(t?).copied()),
         subject: ctx.facts.principal.as_ref().map(|p| p.subject.as_str()),
-        duration_ms: took.as_secs_f64() * 1000.0,
+        // Whole microseconds: `0.15`, not `0.14977100000000002`.
+        duration_ms: took.as_micros() as f64 / 1000.0,
         bytes_sent: session.body_bytes_sent(),
         user_agent: header(http::header::USER_AGENT),
     });

@@ -146,6 +146,11 @@ impl ProxyHttp for Gateway {
                 ErrorType::HTTPStatus(503),
                 "no target is available",
             )),
+            // The attempts' own failures were logged as they happened; the client gets a 502.
+            Err(NoPeer::Failed) => Err(Error::explain(
+                ErrorType::ConnectError,
+                "no target is left to try after failed connections",
+            )),
             Err(NoPeer::TimedOut) => Err(Error::explain(
                 ErrorType::ConnectTimedout,
                 "the upstream timeout passed before a connection was made",

@@ -21,7 +21,7 @@ use crate::config::Access;
 use crate::metrics;
 use crate::route;
 use crate::snapshot::SharedSnapshot;
-use crate::upstream::Attempts;
+use crate::upstream::{Attempts, NoPeer};
 use crate::websocket::{self, handshake, registry::Registry, Relay, Renew};
 
 /// Serves an admitted upgrade to the end of the connection.
@@ -51,11 +51,15 @@ pub async fn serve(
 
     // Connect as a proxied request would: another target while attempts are left.
     let (stream, peer) = loop {
-        let Ok(peer) = forwarding
+        let peer = match forwarding
             .attempts
             .next_peer(upstream, forwarding.pass.affinity())
-        else {
-            return failure::answer(session, ctx, 503).await;
+        {
+            Ok(peer) => peer,
+            Err(NoPeer::Failed) => return failure::answer(session, ctx, 502).await,
+            Err(NoPeer::Unavailable | NoPeer::TimedOut) => {
+                return failure::answer(session, ctx, 503).await
+            }
         };
         match connector.new_stream(&peer).await {
             Ok(stream) => break (stream, peer),

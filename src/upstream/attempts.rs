@@ -11,8 +11,12 @@ use super::Upstream;
 /// Why there is no peer for another attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoPeer {
-    /// Every target is down or ejected.
+    /// Every target was down or ejected before this request tried any.
     Unavailable,
+    /// This request's own attempts failed, and no target is left to try: the failure (a
+    /// refused connection, a TLS error) is what the client is told about, not the ejection
+    /// it caused.
+    Failed,
     /// The upstream's `timeout` passed before a connection was made.
     TimedOut,
 }
@@ -28,6 +32,8 @@ pub struct Attempts {
     /// starts; `None` without a timeout or when untimed.
     deadline: Option<Instant>,
     timed: bool,
+    /// Whether an attempt of this request failed.
+    failed: bool,
 }
 
 impl Attempts {
@@ -38,6 +44,7 @@ impl Attempts {
             target: None,
             deadline: None,
             timed: true,
+            failed: false,
         }
     }
 
@@ -66,7 +73,11 @@ impl Attempts {
             return Err(NoPeer::TimedOut);
         }
         // Every target down or ejected: answer now rather than wait on a dead one.
-        let target = upstream.pick(key).ok_or(NoPeer::Unavailable)?;
+        let target = upstream.pick(key).ok_or(if self.failed {
+            NoPeer::Failed
+        } else {
+            NoPeer::Unavailable
+        })?;
         self.target = Some(target);
         Ok(upstream.peer(target, time_left))
     }
@@ -77,6 +88,7 @@ impl Attempts {
         if let Some(target) = self.target {
             upstream.eject(target);
         }
+        self.failed = true;
         if self.retries_left == 0 {
             return false;
         }
@@ -92,5 +104,40 @@ impl Attempts {
     /// When the exchange must be over.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeyPath, UpstreamConf};
+
+    fn upstream(targets: &str, retries: usize) -> Upstream {
+        let conf: UpstreamConf =
+            toml::from_str(&format!("targets = {targets}\nretries = {retries}")).expect("conf");
+        Upstream::compile("u", &conf, &KeyPath::root(), |p| p.to_path_buf()).expect("compile")
+    }
+
+    #[test]
+    fn a_lone_target_that_fails_is_a_failure_not_an_outage() {
+        let u = upstream("[\"127.0.0.1:9\"]", 1);
+        let mut attempts = Attempts::timed(&u);
+        assert!(attempts.next_peer(&u, None).is_ok());
+        assert!(attempts.failed(&u), "one retry is left");
+        assert_eq!(attempts.next_peer(&u, None).err(), Some(NoPeer::Failed));
+        // The next request finds the target ejected before trying anything.
+        let mut next = Attempts::timed(&u);
+        assert_eq!(next.next_peer(&u, None).err(), Some(NoPeer::Unavailable));
+    }
+
+    #[test]
+    fn retries_move_on_to_the_next_target_until_none_are_left() {
+        let u = upstream("[\"127.0.0.1:9\", \"127.0.0.1:10\"]", 1);
+        let mut attempts = Attempts::timed(&u);
+        let first = attempts.next_peer(&u, None).map(|_| attempts.target());
+        assert!(attempts.failed(&u));
+        let second = attempts.next_peer(&u, None).map(|_| attempts.target());
+        assert_ne!(first, second);
+        assert!(!attempts.failed(&u), "no retry is left");
     }
 }
