@@ -22,24 +22,7 @@ RSA=conf/dev/private-key.pem
 
 "$BIN" token --key "$RSA" --iss "$ISS" --aud portcullis --ttl 4h --sub user --roles agent \
   --count 1000 > "$TMP/tokens.txt"
-{
-  echo "local tokens = {"
-  sed 's/.*/  "&",/' "$TMP/tokens.txt"
-  cat <<'LUA'
-}
-local i = 0
-request = function()
-  i = i % #tokens + 1
-  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.stderr:write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-LUA
-} > "$TMP/tokens.lua"
+lua_tokens "$TMP/tokens.txt"
 
 UP=$(port)
 cat > "$TMP/upstream.conf" <<NGINX

@@ -53,26 +53,6 @@ openssl pkey -in "$RSA" -pubout -out "$TMP/rsa.pub.pem"
 jq -s '{keys: (.[0].keys + .[1].keys)}' conf/dev/jwks.json "$TMP/ec.jwks.json" > "$TMP/jwks.json"
 
 mint() { "$BIN" token --iss "$ISS" --aud portcullis --ttl 4h "$@"; }
-lua_tokens() { # FILE: a wrk script cycling through the tokens in FILE, one per line
-  {
-    echo "local tokens = {"
-    sed 's/.*/  "&",/' "$1"
-    cat <<'LUA'
-}
-local i = 0
-request = function()
-  i = i % #tokens + 1
-  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.stderr:write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout + e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-LUA
-  } > "${1%.txt}.lua"
-}
 echo "minting tokens" >&2
 mint --key "$RSA" --sub user --roles agent --count 1000 > "$TMP/rs-many.txt"
 mint --key "$TMP/ec.pem" --alg ES256 --kid bench-ec --sub user --roles agent --count 1000 \

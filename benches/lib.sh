@@ -3,6 +3,8 @@
 #   need CMD:PACKAGE ...   installs the Debian packages of the commands that are missing
 #   port                   prints a free loopback port
 #   wait_port PORT         waits (10 s at most) until something accepts on PORT
+#   lua_tokens FILE        writes FILE.lua (FILE without .txt): a wrk script sending GET /bench
+#                          with each bearer token of FILE in turn, reporting a RESULT line
 #
 # After sourcing: BIN (the release gateway, built unless BIN was given), NGINX, TMP (removed on exit) and PIDS
 # (killed on exit: append every background process).
@@ -28,6 +30,27 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=$PWD/target/release/portcullis
 fi
+
+lua_tokens() { # FILE: a wrk script cycling through the tokens in FILE, one per line
+  {
+    echo "local tokens = {"
+    sed 's/.*/  "&",/' "$1"
+    cat <<'LUA'
+}
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/bench", { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+LUA
+  } > "${1%.txt}.lua"
+}
 
 TMP=$(mktemp -d)
 PIDS=()
