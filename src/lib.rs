@@ -12,24 +12,25 @@
 //! * [`runtime`]: reload, key refresh, health checks, evictions, the admin listener and the
 //!   process lifecycle, driving snapshots over time.
 //!
-//! `tests/layers.rs` checks that no module imports one of a layer above it.
+//! `tests/layers.rs` checks that no module imports one of a layer above it. Modules the
+//! binary, the tests and the benches do not use are private to the crate.
 
 pub mod authenticate;
 pub mod authorize;
-pub mod client_ip;
-pub mod clock;
+pub(crate) mod client_ip;
+pub(crate) mod clock;
 pub mod config;
-pub mod identity;
-pub mod logs;
+pub(crate) mod identity;
+pub(crate) mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
-pub mod request_id;
-pub mod respond;
+pub(crate) mod request_id;
+pub(crate) mod respond;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod token;
-pub mod upstream;
+pub(crate) mod upstream;
 pub mod websocket;

@@ -6,7 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics;
@@ -283,6 +282,3 @@ pub fn token_fingerprint(token: &str) -> String {
     let digest = sha2::Sha256::digest(token.as_bytes());
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Shared handle type for the logs of a snapshot.
-pub type SharedLogs = Arc<Logs>;

@@ -167,13 +167,7 @@ fn fail(message: String) -> ExitCode {
 fn check(conf: &Path) -> ExitCode {
     match Snapshot::load(conf, None) {
         Ok(snapshot) => {
-            println!(
-                "{}: ok ({} routes, {} issuers, {} upstreams)",
-                conf.display(),
-                snapshot.router.routes().len(),
-                snapshot.authenticator.issuers().len(),
-                snapshot.upstreams.len()
-            );
+            println!("{}: ok ({})", conf.display(), snapshot.summary());
             ExitCode::SUCCESS
         }
         Err(e) => fail(e.to_string()),
@@ -314,6 +308,6 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
             drain_delay: settings.drain_delay,
         }),
     });
-    shared.load().logs.flush();
+    shared.load().flush_logs();
     ExitCode::SUCCESS
 }

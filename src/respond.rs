@@ -92,7 +92,7 @@ impl Rejection {
 pub struct Responses {
     realm: String,
     unauthorized: Reply,
-    /// The 401 of each [`AuthError::FIXED`], challenge included.
+    /// The 401 of each [`AuthError::fixed`] refusal, challenge included.
     unauthorized_by_error: Vec<(AuthError, Reply)>,
     forbidden: Reply,
     not_found: Reply,
@@ -135,9 +135,8 @@ impl Responses {
             forbidden,
             not_found: json_error(404, "not_found", "no route matches this request"),
         };
-        responses.unauthorized_by_error = AuthError::FIXED
-            .iter()
-            .map(|&e| (e, responses.unauthorized(e)))
+        responses.unauthorized_by_error = AuthError::fixed()
+            .map(|e| (e, responses.unauthorized(e)))
             .collect();
         Ok(responses)
     }
@@ -244,8 +243,8 @@ mod tests {
     #[test]
     fn prebuilt_401s_carry_their_own_challenge() {
         let r = Responses::compile(&ResponsesConf::default(), &KeyPath::root()).unwrap();
-        assert_eq!(r.unauthorized_by_error.len(), AuthError::FIXED.len());
-        for e in AuthError::FIXED {
+        assert_eq!(r.unauthorized_by_error.len(), 16);
+        for e in AuthError::fixed() {
             let reply = r.reply(Rejection::Unauthorized(e));
             let challenge = header(&reply, &WWW_AUTHENTICATE).unwrap();
             assert_eq!(reply.status, 401);

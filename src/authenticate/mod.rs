@@ -22,10 +22,9 @@ use crate::config::IntrospectionMode;
 use pingora_http::RequestHeader;
 
 use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
-pub use claims::{ClaimMap, ClaimPath};
-pub use introspect::Introspector;
-pub use issuer::{Context as IssuerContext, Issuer, ServiceTokenRule};
-pub use keys::{KeySet, KeyStats, KeyStore};
+pub(crate) use claims::ClaimPath;
+pub(crate) use issuer::{Context as IssuerContext, Issuer, ServiceTokenRule};
+pub(crate) use keys::KeySet;
 
 /// Whether a user stands behind a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +68,7 @@ impl Principal {
 }
 
 /// Why a request is not authenticated. Every variant is a 401 but [`AuthError::Undecided`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, strum::EnumIter)]
 pub enum AuthError {
     #[error("no bearer token")]
     Missing,
@@ -111,26 +110,13 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Every 401 but [`AuthError::InvalidClaim`], whose texts vary: their answers can be
-    /// built in advance.
-    pub const FIXED: [AuthError; 16] = [
-        AuthError::Missing,
-        AuthError::Malformed,
-        AuthError::UnknownIssuer,
-        AuthError::IssuerNotAccepted,
-        AuthError::AlgorithmNotAllowed,
-        AuthError::KeysUnavailable,
-        AuthError::UnknownKey,
-        AuthError::KeyMismatch,
-        AuthError::BadSignature,
-        AuthError::Expired,
-        AuthError::NotYetValid,
-        AuthError::MissingExpiry,
-        AuthError::WrongAudience,
-        AuthError::CertificateMismatch,
-        AuthError::UnboundToken,
-        AuthError::Inactive,
-    ];
+    /// Every refusal whose answer never varies: all but [`AuthError::InvalidClaim`], whose
+    /// texts vary, and [`AuthError::Undecided`], a 503. Their answers are built in advance.
+    pub fn fixed() -> impl Iterator<Item = AuthError> {
+        use strum::IntoEnumIterator;
+        AuthError::iter()
+            .filter(|e| !matches!(e, AuthError::InvalidClaim(_) | AuthError::Undecided { .. }))
+    }
 
     /// Whether the same token would be refused the same way until the issuer's keys change:
     /// true for refusals made at or after the signature check, which is what is costly to

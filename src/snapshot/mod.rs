@@ -35,16 +35,16 @@ pub struct Snapshot {
     pub server: ServerSettings,
     pub router: Router<Route>,
     pub authenticator: Authenticator,
-    pub upstreams: Upstreams,
-    pub responses: Responses,
-    pub identity: IdentityHeaders,
-    pub client_ip: ClientIpResolver,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) responses: Responses,
+    pub(crate) identity: IdentityHeaders,
+    pub(crate) client_ip: ClientIpResolver,
     pub rate_limiter: RateLimiter,
     pub websocket: websocket::Settings,
     /// Where the logs go, as configured.
-    pub logging: (Destination, Destination),
+    pub(crate) logging: (Destination, Destination),
     /// The open logs; empty until [`Snapshot::open_logs`].
-    pub logs: Logs,
+    pub(crate) logs: Logs,
 }
 
 impl Snapshot {
@@ -147,6 +147,21 @@ impl Snapshot {
             ),
             logs: Logs::default(),
         })
+    }
+
+    /// What the config holds, in a few words: `N routes, N issuers, N upstreams`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} routes, {} issuers, {} upstreams",
+            self.router.routes().len(),
+            self.authenticator.issuers().len(),
+            self.upstreams.len()
+        )
+    }
+
+    /// Flushes the logs: the last lines before the process exits.
+    pub fn flush_logs(&self) {
+        self.logs.flush();
     }
 
     /// Opens the logs for serving, taking over `previous`'s writers where unchanged. Kept out

@@ -49,10 +49,6 @@ impl Upstreams {
         self.list.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.list.iter().map(|u| &*u.name)
     }

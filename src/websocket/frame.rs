@@ -63,9 +63,6 @@ impl Head {
     }
 }
 
-/// Longest possible frame header.
-pub const MAX_HEADER: usize = 14;
-
 /// Where a direction of the stream stands, fed piece by piece.
 #[derive(Debug, Default)]
 pub struct Position {

@@ -15,9 +15,9 @@
 //! | 4004 | `token revoked`     | the provider no longer holds the token active (introspection) |
 //! | 1001 | `gateway shutting down` | the gateway stops or hands over to a new process   |
 
-pub mod frame;
-pub mod handshake;
-pub mod inband;
+pub(crate) mod frame;
+pub(crate) mod handshake;
+pub(crate) mod inband;
 pub mod registry;
 
 use std::time::{Duration, Instant};
