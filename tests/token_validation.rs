@@ -346,3 +346,43 @@ async fn many_bad_requests_leave_the_gateway_serving() {
         200
     );
 }
+
+#[tokio::test]
+async fn critical_header_extensions_and_future_issue_times_are_refused() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let pem = std::fs::read(fixture("rsa-1.pem")).unwrap();
+    let enc = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("rsa-1".into());
+    let plain = jsonwebtoken::encode(&h, &claims("https://idp.test"), &enc).unwrap();
+    assert_eq!(get(&gw.url("/any"), Some(&plain)).await.status, 200);
+    // RFC 7515 §4.1.11: a validly signed token naming an extension nobody here understands.
+    h.crit = Some(vec!["exp".into()]);
+    let critical = jsonwebtoken::encode(&h, &claims("https://idp.test"), &enc).unwrap();
+    let r = get(&gw.url("/any"), Some(&critical)).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("www-authenticate")
+            .unwrap_or_default()
+            .contains("unsupported critical header"),
+        "{:?}",
+        r.header("www-authenticate")
+    );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ahead = |secs: u64| format!("iat={}", now + secs);
+    // Within the 5 s clock skew: fine. A day ahead: refused.
+    let skewed = rsa_token("u1", "agent", &["--claim", &ahead(3)]);
+    assert_eq!(get(&gw.url("/any"), Some(&skewed)).await.status, 200);
+    let future = rsa_token("u1", "agent", &["--claim", &ahead(86_400)]);
+    let r = get(&gw.url("/any"), Some(&future)).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .contains("token issued in the future"));
+}

@@ -37,6 +37,10 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, AuthError> {
     }
     // `alg: none` and unknown algorithms fail here: they are not variants of `Algorithm`.
     let header: Header = decode_json(header)?;
+    // RFC 7515 §4.1.11: extensions listed in `crit` must be understood, and none are.
+    if header.crit.is_some() {
+        return Err(AuthError::CriticalHeader);
+    }
     let claims: Map<String, Value> = decode_json(payload)?;
     Ok(Unverified {
         header,
@@ -76,6 +80,12 @@ pub fn check_claims(
     if let Some(nbf) = numeric_date(claims.get("nbf"))? {
         if nbf > now.saturating_add(rules.leeway) {
             return Err(AuthError::NotYetValid);
+        }
+    }
+    // A token from the future was minted by a clock (or a hand) that cannot be trusted.
+    if let Some(iat) = numeric_date(claims.get("iat"))? {
+        if iat > now.saturating_add(rules.leeway) {
+            return Err(AuthError::IssuedInFuture);
         }
     }
     let accepted = |a: &str| rules.audiences.iter().any(|x| **x == *a);
@@ -139,6 +149,18 @@ mod tests {
     }
 
     #[test]
+    fn critical_extensions_are_refused() {
+        let p = b64(r#"{"sub":"a"}"#);
+        let h = b64(r#"{"alg":"RS256","crit":["exp"],"exp":1}"#);
+        assert!(matches!(
+            parse(&format!("{h}.{p}.c2ln")),
+            Err(AuthError::CriticalHeader)
+        ));
+        let h = b64(r#"{"alg":"RS256","crit":"exp"}"#);
+        assert!(parse(&format!("{h}.{p}.c2ln")).is_err());
+    }
+
+    #[test]
     fn alg_none_does_not_parse() {
         let h = b64(r#"{"alg":"none"}"#);
         let p = b64(r#"{"sub":"a"}"#);
@@ -191,6 +213,11 @@ mod tests {
         assert!(matches!(
             check_claims(&c(json!({"exp": 9e3})), &r, 1),
             Err(AuthError::WrongAudience)
+        ));
+        assert!(check_claims(&c(json!({"exp": 9e3, "iat": 130, "aud": "api"})), &r, 100).is_ok());
+        assert!(matches!(
+            check_claims(&c(json!({"exp": 9e3, "iat": 131, "aud": "api"})), &r, 100),
+            Err(AuthError::IssuedInFuture)
         ));
         assert!(matches!(
             check_claims(&c(json!({"exp": "9", "aud": "api"})), &r, 1),

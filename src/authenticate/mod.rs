@@ -92,6 +92,10 @@ pub enum AuthError {
     Expired,
     #[error("token not yet valid")]
     NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("unsupported critical header")]
+    CriticalHeader,
     #[error("token has no expiry")]
     MissingExpiry,
     #[error("wrong audience")]
@@ -147,6 +151,8 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::CriticalHeader => "critical_header",
             AuthError::MissingExpiry => "missing_exp",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::CertificateMismatch => "certificate_mismatch",
