@@ -359,12 +359,14 @@ client_secret_env = "PORTCULLIS_TEST_UNSET_VARIABLE"
     assert!(out.status.success(), "{err}");
 }
 
-/// An introspection endpoint that answers `active` as told, and records what it was asked.
-/// oidc-provider refuses to introspect JWT access tokens ("structured tokens cannot be
-/// introspected"), so mode `always` is tried against this one.
+/// An introspection endpoint that answers `active` as told (or the whole `answer` when one is
+/// set), and records what it was asked. oidc-provider refuses to introspect JWT access tokens
+/// ("structured tokens cannot be introspected"), so mode `always` is tried against this one;
+/// the answers other providers give (Authlib, Keycloak) are played by it too.
 struct Endpoint {
     port: u16,
     active: Arc<AtomicBool>,
+    answer: Arc<Mutex<Option<String>>>,
     asked: Arc<Mutex<Vec<String>>>,
 }
 
@@ -373,11 +375,12 @@ impl Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let active = Arc::new(AtomicBool::new(true));
+        let answer: Arc<Mutex<Option<String>>> = Arc::default();
         let asked: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (state, log) = (active.clone(), asked.clone());
+        let (state, told, log) = (active.clone(), answer.clone(), asked.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (state, log) = (state.clone(), log.clone());
+                let (state, told, log) = (state.clone(), told.clone(), log.clone());
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -408,10 +411,13 @@ impl Endpoint {
                     log.lock()
                         .expect("lock")
                         .push(String::from_utf8_lossy(&request).to_string());
-                    let body = format!(
-                        r#"{{"active":{},"token_type":"Bearer"}}"#,
-                        state.load(Ordering::SeqCst)
-                    );
+                    let told = told.lock().expect("lock").clone();
+                    let body = told.unwrap_or_else(|| {
+                        format!(
+                            r#"{{"active":{},"token_type":"Bearer"}}"#,
+                            state.load(Ordering::SeqCst)
+                        )
+                    });
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -423,6 +429,7 @@ impl Endpoint {
         Endpoint {
             port,
             active,
+            answer,
             asked,
         }
     }
@@ -494,4 +501,86 @@ roles = ["agent"]
     let forged = format!("{}x", &token[..token.len() - 1]);
     assert_eq!(get(&gw.url("/agents"), Some(&forged)).await.status, 401);
     assert_eq!(endpoint.asked.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn answers_without_a_subject_or_an_audience_are_read_as_rfc_7662_allows() {
+    let endpoint = Endpoint::start().await;
+    let echo = Echo::start();
+    let gateway = |require_audience: bool| {
+        Gateway::start_with(
+            "",
+            &format!(
+                r#"
+[issuers.auth]
+issuer = "https://auth.test"
+audiences = ["api"]
+algorithms = ["HS256"]
+hmac_secret_file = "{{fixtures}}/hs-secret.txt"
+
+[issuers.auth.introspection]
+endpoint = "http://127.0.0.1:{port}/introspect"
+client_id = "gateway"
+client_secret_env = "{env}"
+cache_ttl = "0s"
+negative_cache_ttl = "0s"
+require_audience = {require_audience}
+
+[upstreams.backend]
+targets = ["127.0.0.1:{echo}"]
+
+[[routes]]
+path = "/reports"
+upstream = "backend"
+access = "authenticated"
+callers = "services"
+
+[[routes.allow]]
+scopes = ["reports:read"]
+"#,
+                port = endpoint.port,
+                env = SECRET_ENV.0,
+                echo = echo.port,
+            ),
+            &[SECRET_ENV],
+        )
+    };
+    let strict = gateway(true);
+    let trusting = gateway(false);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let answer = |members: &str| {
+        *endpoint.answer.lock().expect("lock") = Some(format!(
+            r#"{{"active":true,"client_id":"reporter","scope":"reports:read","exp":{exp}{members}}}"#
+        ));
+    };
+
+    // Authlib's answer for a client token: `"sub": null` is no subject, so the client is.
+    answer(r#","sub":null,"aud":"api","username":null"#);
+    let r = get(&strict.url("/reports"), Some("opaque-client-token")).await;
+    assert_eq!(r.status, 200, "{} / {}", r.body, strict.log());
+    assert_eq!(
+        r.json()["headers"]["x-user-id"],
+        serde_json::json!(["reporter"])
+    );
+
+    // No `aud` at all: refused unless the issuer takes the provider's word for it.
+    answer("");
+    let r = get(&strict.url("/reports"), Some("opaque-client-token")).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        challenge(&r).contains("wrong audience"),
+        "{}",
+        challenge(&r)
+    );
+    let r = get(&trusting.url("/reports"), Some("opaque-client-token")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // An `aud` that is there must still be this gateway's.
+    answer(r#","aud":"billing""#);
+    let r = get(&trusting.url("/reports"), Some("opaque-client-token")).await;
+    assert_eq!(r.status, 401);
 }

@@ -79,6 +79,11 @@ impl Introspector {
         self.conf.mode
     }
 
+    /// Whether answers must carry an `aud` the issuer accepts.
+    pub fn requires_audience(&self) -> bool {
+        self.conf.require_audience
+    }
+
     /// How often an open WebSocket's token is asked about again.
     pub fn websocket_recheck(&self) -> Option<Duration> {
         Some(self.conf.websocket_recheck).filter(|d| !d.is_zero())

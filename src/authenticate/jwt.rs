@@ -62,6 +62,8 @@ pub struct TimeRules<'a> {
     pub audiences: &'a [Box<str>],
     pub leeway: u64,
     pub allow_non_expiring: bool,
+    /// Whether `aud` must be present; when it is, it must always match.
+    pub audience_required: bool,
 }
 
 /// Checks `exp`, `nbf` and `aud` of verified claims at time `now` (seconds since the epoch).
@@ -90,6 +92,7 @@ pub fn check_claims(
     }
     let accepted = |a: &str| rules.audiences.iter().any(|x| **x == *a);
     let audience_ok = match claims.get("aud") {
+        None => !rules.audience_required,
         Some(Value::String(a)) => accepted(a),
         Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
         _ => false,
@@ -175,6 +178,7 @@ mod tests {
             audiences: aud,
             leeway: 30,
             allow_non_expiring: false,
+            audience_required: true,
         }
     }
 
@@ -212,6 +216,15 @@ mod tests {
         ));
         assert!(matches!(
             check_claims(&c(json!({"exp": 9e3})), &r, 1),
+            Err(AuthError::WrongAudience)
+        ));
+        let vouched = TimeRules {
+            audience_required: false,
+            ..rules(&aud)
+        };
+        assert!(check_claims(&c(json!({"exp": 9e3})), &vouched, 1).is_ok());
+        assert!(matches!(
+            check_claims(&c(json!({"exp": 9e3, "aud": "x"})), &vouched, 1),
             Err(AuthError::WrongAudience)
         ));
         assert!(check_claims(&c(json!({"exp": 9e3, "iat": 130, "aud": "api"})), &r, 100).is_ok());

@@ -184,6 +184,15 @@ pub fn bearer_token(req: &RequestHeader) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// Who vouched for a token's claims.
+#[derive(Debug, Clone, Copy)]
+enum Vouched {
+    /// Its signature, checked with keys of this generation.
+    Signature { key_generation: u64 },
+    /// The provider's introspection answer.
+    Introspection { audience_required: bool },
+}
+
 /// Why an issuer cannot be added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
@@ -384,6 +393,9 @@ impl Authenticator {
                     return Err(AuthError::UnknownIssuer);
                 }
                 let mut claims = claims.clone();
+                // Every member but `active` is optional (RFC 7662 §2.2), and some providers
+                // write an absent one as null (Authlib's client token: `"sub": null`).
+                claims.retain(|_, v| !v.is_null());
                 // A client credentials token has no user: its client is its subject
                 // (RFC 9068 §2.2).
                 if !claims.contains_key("sub") {
@@ -391,8 +403,11 @@ impl Authenticator {
                         claims.insert("sub".into(), client);
                     }
                 }
-                // No key generation: the introspection cache holds it, not the token cache.
-                self.admit_claims(id, &claims, 0).map(|v| Some(Arc::new(v)))
+                let vouched = Vouched::Introspection {
+                    audience_required: introspector.requires_audience(),
+                };
+                self.admit_claims(id, &claims, vouched)
+                    .map(|v| Some(Arc::new(v)))
             })
             .await?;
         answer.ok_or(AuthError::Malformed)
@@ -443,7 +458,7 @@ impl Authenticator {
         }
         let key_generation = issuer.keys.generation();
         verify_signature(issuer, &token).await?;
-        self.admit_claims(id, &token.claims, key_generation)
+        self.admit_claims(id, &token.claims, Vouched::Signature { key_generation })
     }
 
     /// Everything about a token's claims, wherever they came from (a signature checked with
@@ -453,13 +468,19 @@ impl Authenticator {
         &self,
         id: IssuerId,
         token_claims: &serde_json::Map<String, serde_json::Value>,
-        key_generation: u64,
+        vouched: Vouched,
     ) -> Result<Verified, AuthError> {
         let issuer = self.issuer(id);
+        let (key_generation, audience_required) = match vouched {
+            Vouched::Signature { key_generation } => (key_generation, true),
+            // No key generation: the introspection cache holds it, not the token cache.
+            Vouched::Introspection { audience_required } => (0, audience_required),
+        };
         let rules = jwt::TimeRules {
             audiences: &issuer.audiences,
             leeway: issuer.leeway_secs,
             allow_non_expiring: issuer.allow_non_expiring,
+            audience_required,
         };
         let expires_at = jwt::check_claims(token_claims, &rules, crate::clock::unix_secs())?;
         let bound_to = certificate_binding(token_claims)?;

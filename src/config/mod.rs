@@ -651,6 +651,14 @@ pub struct IntrospectionConf {
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default)]
     pub auth_method: ClientAuthMethod,
+    /// Whether an answer must carry an `aud` among the issuer's `audiences`. RFC 7662 makes
+    /// `aud` optional, and some providers leave it out. With `false`, an answer without `aud`
+    /// is taken on the provider's word: any token it calls active passes, whichever service it
+    /// was issued for, so turn it off only for a provider whose tokens are all meant for the
+    /// services behind this gateway. An `aud` that is present must match either way.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub require_audience: bool,
     /// Time limit of one introspection, waiting for a free slot included. Default: 2s.
     #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
     pub timeout: Duration,

@@ -732,6 +732,8 @@ impl TlsEcho {
 pub struct Provider {
     proc: Proc,
     pub issuer: String,
+    /// What the provider printed, for the message of a failed test.
+    log: tempfile::NamedTempFile,
 }
 
 impl Provider {
@@ -745,11 +747,12 @@ impl Provider {
             "tests/idp/node_modules is missing: run the test command from the README (it runs `npm ci`)"
         );
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.reopen().expect("log"))
+            .stderr(log.reopen().expect("log"))
             .spawn()
             .expect("node is needed for the interop tests");
         let proc = Proc(child);
@@ -757,7 +760,13 @@ impl Provider {
         Provider {
             proc,
             issuer: format!("http://127.0.0.1:{port}"),
+            log,
         }
+    }
+
+    /// What the provider printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// A real client credentials grant (RFC 6749 §4.4) for a resource indicator (RFC 8707).
@@ -772,7 +781,7 @@ impl Provider {
             ])
             .send()
             .await
-            .expect("token request");
+            .unwrap_or_else(|e| panic!("token request: {e}; provider log:\n{}", self.log()));
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.expect("token response");
         assert!(status.is_success(), "token endpoint: {status} {body}");
