@@ -159,6 +159,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds each address once, before Pingora does: its listener threads panic on an address
+/// they cannot bind and leave the process up without serving, where a taken port must be one
+/// clear line and exit status 1 (and, under systemd, no readiness).
+fn bindable(addresses: &[std::net::SocketAddr]) -> Result<(), String> {
+    for addr in addresses {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("{addr}: address already in use"),
+                std::io::ErrorKind::PermissionDenied => format!("{addr}: permission denied"),
+                _ => format!("{addr}: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn fail(message: String) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
@@ -226,6 +242,15 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         Err(e) => return fail(e.to_string()),
     };
     let settings = snapshot.server.clone();
+    // On an upgrade the old process still holds the sockets it hands over.
+    if !args.upgrade {
+        let mut addresses = settings.listen.clone();
+        addresses.extend(&settings.tls_listen);
+        addresses.extend(settings.admin_listen);
+        if let Err(e) = bindable(&addresses) {
+            return fail(e);
+        }
+    }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     config_metrics::next_generation();
     metrics::config_loaded();

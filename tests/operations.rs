@@ -679,3 +679,114 @@ fn readiness_is_notified_to_systemd() {
     let n = socket.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1\n");
 }
+
+/// Runs `portcullis run` on `config` and waits (10 s at most) for it to exit by itself.
+fn run_until_exit(config: &str) -> (Option<i32>, String, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gw.toml");
+    std::fs::write(&conf, config).unwrap();
+    let log = dir.path().join("gw.log");
+    let started = Instant::now();
+    let mut child = Command::new(common::BIN)
+        .args(["run", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        code,
+        std::fs::read_to_string(&log).unwrap(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_taken_port_is_one_clear_line_and_exit_status_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let route = "[[routes]]\npath = \"/a\"\naccess = \"public\"\nrespond = { body = \"a\" }\n";
+
+    let (code, log, took) = run_until_exit(&Gateway::config(port, dir.path(), route));
+    assert_eq!(code, Some(1), "still running after {took:?}: {log}");
+    assert!(
+        log.contains(&format!("error: 127.0.0.1:{port}: address already in use")),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The admin listener the same way, with the proxy's own port free.
+    let free = free_port();
+    let admin = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n{route}");
+    let (code, log, _) = run_until_exit(&Gateway::config(free, dir.path(), &admin));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}: address already in use")),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_keepalive_timeout() {
+    use std::io::{Read, Write};
+    let gw = Gateway::start_with(
+        "keepalive_timeout = \"1s\"",
+        "[[routes]]\npath = \"/a\"\naccess = \"public\"\nrespond = { body = \"a\" }\n",
+        &[],
+    );
+    let request = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    // A client that keeps asking keeps its connection.
+    for _ in 0..3 {
+        conn.write_all(request).unwrap();
+        let n = conn.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // Then silence: closed once the timeout passes, not held open.
+    let idle = Instant::now();
+    let n = conn.read(&mut buf).unwrap_or(usize::MAX);
+    assert_eq!(n, 0, "the connection was not closed");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(2500),
+        "closed after {waited:?} idle (600 ms already passed)"
+    );
+
+    // A bad value is refused by name.
+    let out = Command::new(common::BIN)
+        .args(["check", "-c"])
+        .arg({
+            let path = gw.dir.path().join("bad.toml");
+            std::fs::write(
+                &path,
+                Gateway::config(1, gw.dir.path(), "")
+                    .replace("[server]", "[server]\nkeepalive_timeout = \"500ms\""),
+            )
+            .unwrap();
+            path
+        })
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("server.keepalive_timeout: must be whole seconds"),
+        "{err}"
+    );
+}

@@ -143,7 +143,8 @@ upstream = "trickle"
     assert_eq!(
         statuses.iter().filter(|&&s| s == 502).count(),
         1,
-        "{statuses:?}"
+        "{statuses:?}\n{}",
+        gw.log()
     );
     assert!(
         statuses.iter().all(|&s| s == 200 || s == 502),

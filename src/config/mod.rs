@@ -371,6 +371,13 @@ pub struct ServerConf {
     /// the process exits; it exits as soon as none is left. Default: 30s.
     #[serde(default = "default_grace_period", with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long an HTTP/1.1 keep-alive connection may wait, idle, for its next request before
+    /// the gateway closes it (nginx's `keepalive_timeout`). Idle sockets hold descriptors and
+    /// memory; a client that wants the connection sends another request in time. Whole seconds,
+    /// at least 1s. Applies to connections from their next request after a reload.
+    /// Default: 60s.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// PID file, used by the binary upgrade (`-u`). Default: `/tmp/portcullis.pid`.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
@@ -431,6 +438,9 @@ fn default_grace_period() -> Duration {
 }
 fn default_drain_delay() -> Duration {
     Duration::from_secs(5)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_pid_file() -> String {
     "/tmp/portcullis.pid".into()

@@ -96,6 +96,9 @@ impl ProxyHttp for Gateway {
     /// Admission. `Ok(false)` forwards the request; `Ok(true)` means it was answered here.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snap = ctx.snapshot.clone();
+        // Pingora would wait forever for an HTTP/1.1 connection's next request; the wait is
+        // bounded from this request on (`Connection: close` still closes).
+        session.set_keepalive(Some(snap.server.keepalive_timeout_secs));
         ctx.identify(session);
         let client = Client {
             ip: ctx.client_ip,

@@ -16,6 +16,8 @@ pub struct ServerSettings {
     pub work_stealing: bool,
     pub grace_period: Duration,
     pub drain_delay: Duration,
+    /// Longest idle wait of a keep-alive connection for its next request, in seconds.
+    pub keepalive_timeout_secs: u64,
     pub pid_file: String,
     pub upgrade_sock: String,
     /// The admin listener (`/metrics`).
@@ -47,6 +49,13 @@ impl ServerSettings {
         if s.threads == 0 {
             return Err(Invalid::new(at.key("threads"), "must be at least 1"));
         }
+        let keepalive_timeout_secs = s.keepalive_timeout.as_secs();
+        if keepalive_timeout_secs == 0 || s.keepalive_timeout.subsec_nanos() != 0 {
+            return Err(Invalid::new(
+                at.key("keepalive_timeout"),
+                "must be whole seconds, at least 1s",
+            ));
+        }
         let (tls_listen, tls) = match &s.tls {
             None => (Vec::new(), None),
             Some(t) => {
@@ -68,6 +77,7 @@ impl ServerSettings {
             work_stealing: s.work_stealing,
             grace_period: s.grace_period,
             drain_delay: s.drain_delay,
+            keepalive_timeout_secs,
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),
             admin_listen,
