@@ -20,6 +20,8 @@ pub mod authorize;
 pub(crate) mod client_ip;
 pub(crate) mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub(crate) mod identity;
 pub(crate) mod logs;
 pub mod metrics;

@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn prebuilt_401s_carry_their_own_challenge() {
         let r = Responses::compile(&ResponsesConf::default(), &KeyPath::root()).unwrap();
-        assert_eq!(r.unauthorized_by_error.len(), 18);
+        assert_eq!(r.unauthorized_by_error.len(), 19);
         for e in AuthError::fixed() {
             let reply = r.reply(Rejection::Unauthorized(e));
             let challenge = header(&reply, &WWW_AUTHENTICATE).unwrap();

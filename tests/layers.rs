@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "client_ip",
     ],
     &["snapshot"],
-    &["proxy"],
+    &["proxy", "fuzz"],
     &["runtime"],
 ];
 

@@ -45,6 +45,15 @@ audiences = ["api"]
 allow_non_expiring = true
 jwks_file = "{{fixtures}}/rsa-2.jwks.json"
 
+[issuers.typed]
+issuer = "https://typed.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-2.jwks.json"
+
+[issuers.typed.token_type]
+header = ["at+jwt"]
+claim = {{ name = "typ", values = ["Bearer"] }}
+
 [upstreams.backend]
 targets = ["127.0.0.1:{port}"]
 
@@ -385,4 +394,57 @@ async fn critical_header_extensions_and_future_issue_times_are_refused() {
         .header("www-authenticate")
         .unwrap_or_default()
         .contains("token issued in the future"));
+}
+
+#[tokio::test]
+async fn a_roles_claim_of_the_wrong_shape_is_refused_not_guessed() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    // `groups` is a roles claim of the default layout: an array of strings.
+    let array = rsa_token("u1", "agent", &["--claim", r#"groups=["ops"]"#]);
+    assert_eq!(get(&gw.url("/any"), Some(&array)).await.status, 200);
+    for (claim, why) in [
+        (r#"groups="admin""#, "roles claim is not an array"),
+        (r#"groups=["ops",7]"#, "roles claim holds more than strings"),
+        ("scope=5", "scope claim is neither a string nor an array"),
+    ] {
+        let t = rsa_token("u1", "agent", &["--claim", claim]);
+        let r = get(&gw.url("/any"), Some(&t)).await;
+        assert_eq!(r.status, 401, "{claim}");
+        let challenge = r.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.contains(why), "{claim}: {challenge}");
+    }
+}
+
+#[tokio::test]
+async fn id_and_refresh_tokens_are_not_access_tokens() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let typed = |extra: &[&str]| mint("rsa-2.pem", "RS256", "rsa-2", "https://typed.test", extra);
+    // RFC 9068 header and Keycloak's claim: an access token.
+    let access = typed(&["--typ", "application/AT+JWT", "--claim", "typ=Bearer"]);
+    assert_eq!(get(&gw.url("/any"), Some(&access)).await.status, 200);
+    // Same audience, same keys, but an ID token, a refresh token, or an untyped JWT.
+    for (what, token) in [
+        ("id token", typed(&["--typ", "JWT", "--claim", "typ=ID"])),
+        (
+            "refresh token",
+            typed(&["--typ", "at+jwt", "--claim", "typ=Refresh"]),
+        ),
+        ("no typ claim", typed(&["--typ", "at+jwt"])),
+        (
+            "header typ JWT",
+            typed(&["--typ", "JWT", "--claim", "typ=Bearer"]),
+        ),
+    ] {
+        let r = get(&gw.url("/any"), Some(&token)).await;
+        assert_eq!(r.status, 401, "{what}");
+        assert!(
+            r.header("www-authenticate")
+                .unwrap_or_default()
+                .contains("not an access token"),
+            "{what}: {:?}",
+            r.header("www-authenticate")
+        );
+    }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::config::ClaimsConf;
+use crate::config::{ClaimsConf, RolesFormat};
 
 /// A dot-separated claim path, split once at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,7 @@ impl ClaimPath {
 pub struct ClaimMap {
     subject: ClaimPath,
     roles: Vec<ClaimPath>,
+    roles_format: RolesFormat,
     scope: ClaimPath,
     tenant: Option<ClaimPath>,
     client_id: Vec<ClaimPath>,
@@ -61,6 +62,7 @@ impl ClaimMap {
         Ok(Self {
             subject: ClaimPath::parse(&conf.subject)?,
             roles,
+            roles_format: conf.roles_format,
             scope: ClaimPath::parse(&conf.scope)?,
             tenant: conf.tenant.as_deref().map(ClaimPath::parse).transpose()?,
             client_id: conf
@@ -80,12 +82,29 @@ impl ClaimMap {
         };
         let mut roles = Vec::new();
         for path in &self.roles {
-            collect_strings(path.get(claims), &mut roles);
+            match (path.get(claims), self.roles_format) {
+                (None | Some(Value::Null), _) => {}
+                (Some(Value::String(s)), RolesFormat::SpaceSeparated) => {
+                    roles.extend(s.split_ascii_whitespace().map(String::from));
+                }
+                (Some(Value::Array(items)), RolesFormat::Array) => {
+                    strings(items, &mut roles).ok_or("roles claim holds more than strings")?;
+                }
+                (Some(_), RolesFormat::Array) => return Err("roles claim is not an array"),
+                (Some(_), RolesFormat::SpaceSeparated) => {
+                    return Err("roles claim is not a string")
+                }
+            }
         }
+        // RFC 8693 §4.2: a space-separated string; some providers send an array instead.
         let mut scopes = Vec::new();
         match self.scope.get(claims) {
+            None | Some(Value::Null) => {}
             Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace().map(String::from)),
-            other => collect_strings(other, &mut scopes),
+            Some(Value::Array(items)) => {
+                strings(items, &mut scopes).ok_or("scope claim holds more than strings")?;
+            }
+            Some(_) => return Err("scope claim is neither a string nor an array"),
         }
         Ok(Identity {
             subject,
@@ -97,14 +116,12 @@ impl ClaimMap {
     }
 }
 
-fn collect_strings(value: Option<&Value>, out: &mut Vec<String>) {
-    match value {
-        Some(Value::Array(items)) => {
-            out.extend(items.iter().filter_map(Value::as_str).map(String::from));
-        }
-        Some(Value::String(s)) => out.push(s.clone()),
-        _ => {}
+/// Appends every item, if every item is a string.
+fn strings(items: &[Value], out: &mut Vec<String>) -> Option<()> {
+    for item in items {
+        out.push(item.as_str()?.to_string());
     }
+    Some(())
 }
 
 /// A string or number claim as text; empty strings count as absent.
@@ -140,7 +157,7 @@ mod tests {
                 "azp": "portal",
                 "scope": "openid agents:read",
                 "agency": {"id": 42},
-                "realm_access": {"roles": ["agent", 7]},
+                "realm_access": {"roles": ["agent"]},
                 "resource_access": {"agent-manager": {"roles": ["supervisor"]}, "other": {"roles": ["admin"]}},
                 "groups": ["/ops"]
             })))
@@ -150,6 +167,36 @@ mod tests {
         assert_eq!(id.tenant.as_deref(), Some("42"));
         assert_eq!(id.roles, ["agent", "/ops", "supervisor"]);
         assert_eq!(id.scopes, ["openid", "agents:read"]);
+    }
+
+    #[test]
+    fn a_roles_claim_of_another_shape_is_refused_not_guessed() {
+        let map = ClaimMap::compile(&ClaimsConf::default()).unwrap();
+        let read = |v: Value| map.read(&claims(v)).map(|id| id.roles);
+        assert_eq!(
+            read(json!({"sub": "u", "groups": ["a", "b"]})),
+            Ok(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(read(json!({"sub": "u", "groups": null})), Ok(vec![]));
+        assert!(read(json!({"sub": "u", "groups": "admin"})).is_err());
+        assert!(read(json!({"sub": "u", "groups": ["a", 7]})).is_err());
+        assert!(read(json!({"sub": "u", "realm_access": {"roles": {"admin": true}}})).is_err());
+        assert!(read(json!({"sub": "u", "scope": 5})).is_err());
+        assert!(read(json!({"sub": "u", "scope": ["a", "b"]})).is_ok());
+
+        let spaced = ClaimsConf {
+            roles: vec!["roles".into()],
+            roles_format: RolesFormat::SpaceSeparated,
+            ..Default::default()
+        };
+        let map = ClaimMap::compile(&spaced).unwrap();
+        let id = map
+            .read(&claims(json!({"sub": "u", "roles": "agent  supervisor"})))
+            .unwrap();
+        assert_eq!(id.roles, ["agent", "supervisor"]);
+        assert!(map
+            .read(&claims(json!({"sub": "u", "roles": ["agent"]})))
+            .is_err());
     }
 
     #[test]

@@ -165,13 +165,7 @@ impl Introspector {
             Some(Ok(Ok(claims))) => claims,
         };
         let active = claims.get("active") == Some(&Value::Bool(true));
-        let answer = if !active {
-            Err(AuthError::Inactive)
-        } else if !is_access_token(&claims) {
-            Err(AuthError::InvalidClaim("not an access token"))
-        } else {
-            admit(&claims)
-        };
+        let answer = judge(&claims).and_then(|()| admit(&claims));
         metrics::introspection_call(issuer, if active { "active" } else { "inactive" });
         let until = match &answer {
             Ok(_) => {
@@ -234,6 +228,17 @@ impl Introspector {
                 Ok(found)
             }
         }
+    }
+}
+
+/// Whether an answer vouches for an access token: active, and not a refresh or ID token.
+pub(crate) fn judge(claims: &Map<String, Value>) -> Result<(), AuthError> {
+    if claims.get("active") != Some(&Value::Bool(true)) {
+        Err(AuthError::Inactive)
+    } else if !is_access_token(claims) {
+        Err(AuthError::InvalidClaim("not an access token"))
+    } else {
+        Ok(())
     }
 }
 

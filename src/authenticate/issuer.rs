@@ -11,6 +11,7 @@ use super::keys::{KeySource, KeyStore};
 use super::Authenticator;
 use crate::config::{
     IntrospectionConf, IntrospectionMode, Invalid, IssuerConf, KeyPath, ServiceTokens,
+    TokenTypeConf,
 };
 
 /// How an issuer's service tokens are told apart from user tokens.
@@ -39,6 +40,72 @@ pub struct Issuer {
     pub service_tokens: ServiceTokenRule,
     pub require_bound_tokens: bool,
     pub introspection: Option<Arc<Introspector>>,
+    /// What marks this issuer's access tokens; `None`: unchecked.
+    pub token_type: Option<TokenType>,
+}
+
+/// What marks an issuer's access tokens (RFC 8725 §3.11).
+#[derive(Debug, Clone)]
+pub struct TokenType {
+    /// Accepted header `typ` values, lower case, without `application/`; empty: any.
+    header: Vec<Box<str>>,
+    /// A claim that must hold one of the values.
+    claim: Option<(ClaimPath, Vec<Box<str>>)>,
+}
+
+impl TokenType {
+    fn compile(conf: &TokenTypeConf, at: &KeyPath) -> Result<Self, Invalid> {
+        if conf.header.is_empty() && conf.claim.is_none() {
+            return Err(Invalid::new(at.clone(), "set header, claim, or both"));
+        }
+        let claim = match &conf.claim {
+            None => None,
+            Some(c) => {
+                let path =
+                    ClaimPath::parse(&c.name).map_err(|e| Invalid::new(at.key("claim"), e))?;
+                if c.values.is_empty() {
+                    return Err(Invalid::new(
+                        at.key("claim"),
+                        "values must list at least one",
+                    ));
+                }
+                Some((path, c.values.iter().map(|v| v.as_str().into()).collect()))
+            }
+        };
+        Ok(Self {
+            header: conf
+                .header
+                .iter()
+                .map(|t| normalize_typ(t).into())
+                .collect(),
+            claim,
+        })
+    }
+
+    /// Whether a token with header `typ` and these claims is an access token.
+    pub(super) fn admits(
+        &self,
+        typ: Option<&str>,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        let header_ok = self.header.is_empty()
+            || typ.is_some_and(|t| self.header.iter().any(|h| **h == *normalize_typ(t)));
+        let claim_ok = self.claim.as_ref().is_none_or(|(path, values)| {
+            path.get(claims)
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| values.iter().any(|x| **x == *v))
+        });
+        header_ok && claim_ok
+    }
+}
+
+/// `typ` as RFC 7515 §4.1.9 compares it: without case, `application/` left out.
+fn normalize_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
 }
 
 /// What compiling an issuer reads besides its table.
@@ -206,7 +273,13 @@ impl Issuer {
                 ClaimPath::parse(path).map_err(|e| err("service_tokens", &e))?,
             ),
         };
+        let token_type = conf
+            .token_type
+            .as_ref()
+            .map(|t| TokenType::compile(t, &at.key("token_type")))
+            .transpose()?;
         Ok(Issuer {
+            token_type,
             name: name.into(),
             iss: conf.issuer.as_str().into(),
             audiences: conf.audiences.iter().map(|a| a.as_str().into()).collect(),

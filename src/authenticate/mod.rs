@@ -7,9 +7,9 @@
 mod cache;
 mod claims;
 mod fetch;
-mod introspect;
+pub(crate) mod introspect;
 mod issuer;
-mod jwt;
+pub(crate) mod jwt;
 mod keys;
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use crate::config::IntrospectionMode;
 use pingora_http::RequestHeader;
 
 use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
-pub(crate) use claims::ClaimPath;
+pub(crate) use claims::{ClaimMap, ClaimPath};
 pub(crate) use issuer::{Context as IssuerContext, Issuer, ServiceTokenRule};
 pub(crate) use keys::KeySet;
 
@@ -96,6 +96,8 @@ pub enum AuthError {
     IssuedInFuture,
     #[error("unsupported critical header")]
     CriticalHeader,
+    #[error("not an access token")]
+    NotAnAccessToken,
     #[error("token has no expiry")]
     MissingExpiry,
     #[error("wrong audience")]
@@ -129,6 +131,7 @@ impl AuthError {
         matches!(
             self,
             AuthError::BadSignature
+                | AuthError::NotAnAccessToken
                 | AuthError::Expired
                 | AuthError::WrongAudience
                 | AuthError::MissingExpiry
@@ -153,6 +156,7 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::IssuedInFuture => "issued_in_future",
             AuthError::CriticalHeader => "critical_header",
+            AuthError::NotAnAccessToken => "not_an_access_token",
             AuthError::MissingExpiry => "missing_exp",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::CertificateMismatch => "certificate_mismatch",
@@ -458,6 +462,12 @@ impl Authenticator {
         }
         let key_generation = issuer.keys.generation();
         verify_signature(issuer, &token).await?;
+        // An ID or refresh token with an accepted audience is still not an access token.
+        if let Some(token_type) = &issuer.token_type {
+            if !token_type.admits(token.header.typ.as_deref(), &token.claims) {
+                return Err(AuthError::NotAnAccessToken);
+            }
+        }
         self.admit_claims(id, &token.claims, Vouched::Signature { key_generation })
     }
 

@@ -325,7 +325,7 @@ fn default_tier_callers() -> CallerKind {
 }
 
 /// `claim = { name = "plan", values = ["gold", "platinum"] }`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMatchConf {
     /// Dot-separated claim path.
@@ -610,8 +610,25 @@ pub struct IssuerConf {
     /// `[issuers.NAME.claims]`: where identity is found in this issuer's tokens.
     #[serde(default)]
     pub claims: ClaimsConf,
+    /// `[issuers.NAME.token_type]`: what tells this issuer's access tokens from its ID and
+    /// refresh tokens. Without it, any token type with the right audience passes.
+    pub token_type: Option<TokenTypeConf>,
     /// `[issuers.NAME.introspection]`: ask the provider whether tokens are active (RFC 7662).
     pub introspection: Option<IntrospectionConf>,
+}
+
+/// `[issuers.NAME.token_type]`: explicit typing (RFC 8725 §3.11), so that an ID token or a
+/// refresh token whose `aud` happens to be accepted is not taken for an access token. Every
+/// rule given must hold; a token that fails one is 401 `not an access token`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenTypeConf {
+    /// Accepted values of the JOSE header `typ`, compared without case and without an
+    /// `application/` prefix: `["at+jwt"]` for RFC 9068 providers. Empty: not checked.
+    pub header: Vec<String>,
+    /// A claim and its accepted values: Keycloak marks its access tokens
+    /// `{ name = "typ", values = ["Bearer"] }` (ID tokens `ID`, refresh tokens `Refresh`).
+    pub claim: Option<ClaimMatchConf>,
 }
 
 /// Which tokens of an issuer are introspected.
@@ -826,6 +843,17 @@ impl Default for KeyRefreshConf {
     }
 }
 
+/// How a token's roles claims hold role names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolesFormat {
+    /// A JSON array of strings.
+    #[default]
+    Array,
+    /// One string of names separated by spaces.
+    SpaceSeparated,
+}
+
 /// `[issuers.NAME.claims]`: claim paths are dot-separated (`realm_access.roles`).
 /// The defaults follow Keycloak.
 #[derive(Debug, Deserialize)]
@@ -833,8 +861,12 @@ impl Default for KeyRefreshConf {
 pub struct ClaimsConf {
     /// The user id.
     pub subject: String,
-    /// Claims holding arrays of role names; all are merged.
+    /// Claims holding role names; all are merged.
     pub roles: Vec<String>,
+    /// How those claims hold them: `array` (default: a JSON array of strings) or
+    /// `space_separated` (one string, like `scope`). A roles claim of another shape is refused
+    /// (401 `invalid_claim`) rather than guessed at.
+    pub roles_format: RolesFormat,
     /// Client ids whose `resource_access.<client>.roles` are merged into the roles.
     pub client_roles: Vec<String>,
     /// Scopes: a space-separated string or an array.
@@ -850,6 +882,7 @@ impl Default for ClaimsConf {
         Self {
             subject: "sub".into(),
             roles: vec!["realm_access.roles".into(), "groups".into()],
+            roles_format: RolesFormat::Array,
             client_roles: Vec::new(),
             scope: "scope".into(),
             tenant: None,

@@ -1,7 +1,7 @@
 //! Harness for tests through the running binary: real processes on loopback ports.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,21 +36,34 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Waits until something accepts on the port.
+/// Waits until something listens on the port. Read from the kernel's socket table rather than
+/// by connecting: a probe connection, closed at once, leaves a half-closed connection whose
+/// ports a following connection can collide with (the peer then refuses it), and a probe of a
+/// port nobody listens on can connect to itself.
 pub fn wait_for_port(port: u16, what: &str) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            // Free ports come from the ephemeral range, so a connect to a port nobody listens
-            // on can pick that very port as its source and connect to itself.
-            if s.local_addr().ok() != s.peer_addr().ok() {
-                return;
-            }
+        if listening(port) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("{what} did not start listening on {port}");
+}
+
+/// Whether a TCP socket is in LISTEN state on `port` (any address, IPv4 or IPv6).
+fn listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or_default();
+                let state = fields.nth(1).unwrap_or_default();
+                let local_port = local.rsplit(':').next().unwrap_or_default();
+                state == "0A" && u16::from_str_radix(local_port, 16) == Ok(port)
+            })
+        })
+    })
 }
 
 /// A child process killed when dropped.
@@ -58,8 +71,28 @@ pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A failed test tells whether its servers were still running, and if not, how they
+        // ended (a signal shows as `signal: N`).
+        if std::thread::panicking() {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                eprintln!("--- process {} had already ended: {status}", self.0.id());
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A failed test shows what its gateway logged.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- gateway log ({}) ---\n{}",
+                self.conf.display(),
+                self.log()
+            );
+        }
     }
 }
 
