@@ -30,6 +30,31 @@ fi
 
 cargo fmt --check
 cargo clippy --profile ci --all-targets -- -D warnings
+
+# A short run of every fuzz target (cargo-fuzz needs a nightly toolchain, which cannot be
+# downloaded here: without one, the fuzzers are skipped and only their corpora are replayed,
+# by tests/fuzz_corpus.rs). New inputs go to a scratch corpus, not into the repository.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
+  cargo +nightly fuzz build -O
+  scratch=$(mktemp -d)
+  for target in token introspection route websocket config; do
+    mkdir -p "$scratch/$target"
+    fuzzed=0
+    cargo +nightly fuzz run -O "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+      -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=4096 -print_final_stats=1 \
+      > "$scratch/$target.log" 2>&1 || fuzzed=$?
+    if [ "$fuzzed" -ne 0 ]; then
+      tail -40 "$scratch/$target.log" >&2
+      echo "fuzz target $target failed" >&2
+      exit 1
+    fi
+    echo "fuzz $target: $(sed -n 's/^stat::number_of_executed_units: *//p' "$scratch/$target.log") inputs, no failure"
+  done
+  rm -rf "$scratch"
+else
+  echo "fuzzing skipped: no nightly toolchain" >&2
+fi
 # The integration tests start real servers (Python echoes, node, redis, the gateway) on a
 # small shared machine. A test target that fails is run once more and named as flaky, so a flake
 # is seen and tracked without failing the whole run on it; a target that fails twice fails.

@@ -314,3 +314,77 @@ upstream = "sticky"
     let r = get(&gw.url("/sticky/missing"), Some(&token)).await;
     assert_eq!((r.status, r.body.as_str()), (404, "{}"));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_under_concurrent_load() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that counts the connections it accepts and keeps each one alive.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    // Two worker threads share one pool: a connection released by one is taken by the other.
+    let gw = Gateway::start_with(
+        "threads = 2",
+        &format!(
+            "[upstreams.pooled]\ntargets = [\"127.0.0.1:{port}\"]\n\n[[routes]]\npath = \"/p\"\naccess = \"public\"\nupstream = \"pooled\"\n"
+        ),
+        &[],
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(8)
+        .build()
+        .unwrap();
+    let url = gw.url("/p");
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    let r = client.get(&url).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    // 2,400 requests from 8 client connections: a working pool opens about as many upstream
+    // connections; losing pooled connections opened hundreds (cloudflare/pingora#998).
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(opened <= 16, "{opened} upstream connections for 8 clients");
+    assert!(
+        !gw.log().contains("failed to acquire reusable stream"),
+        "{}",
+        gw.log()
+    );
+}

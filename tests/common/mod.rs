@@ -18,19 +18,22 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// A port nothing listens on now, and never handed out before in this test process: tests
-/// run in parallel, and a port handed to one test's server stays free until that server has
-/// started, so the kernel could give it to another test in the meantime.
+/// A port nothing listens on now, never handed out before in this test process, and below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 and up). Ports from that
+/// range are also what the kernel gives to `bind(…:0)` and to outgoing connections: a port
+/// taken from there and handed to a server still starting could meanwhile be given to another
+/// socket, even a moment's listener, and the test would talk to the wrong one.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Test binaries run one after another; each starts elsewhere in the span.
+    let start = std::process::id() % SPAN;
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
-        if !given.contains(&port) {
-            given.push(port);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = u16::try_from(FIRST + (start + n) % SPAN).expect("port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
