@@ -206,11 +206,43 @@ impl Responses {
                 "the upstream did not answer in time",
             ),
             400 => json_error(400, "invalid_request", "the request could not be read"),
+            413 => BodyRefusal::TooLarge.reply(),
             s => json_error(
                 s,
                 "internal_error",
                 "the gateway could not complete the request",
             ),
+        }
+    }
+}
+
+/// Why a request body is refused before it reaches the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefusal {
+    /// Over the route's `max_body_size`, or a chunked body past what can be buffered: 413.
+    TooLarge,
+    /// Not all there within `body_timeout`: 408.
+    TooSlow,
+    /// Its framing is broken (a bad chunk size, a short body): 400.
+    Malformed,
+}
+
+impl BodyRefusal {
+    pub fn reply(self) -> Reply {
+        match self {
+            BodyRefusal::TooLarge => json_error(
+                413,
+                "payload_too_large",
+                "the request body is larger than this route takes",
+            ),
+            BodyRefusal::TooSlow => json_error(
+                408,
+                "request_timeout",
+                "the request body did not arrive in time",
+            ),
+            BodyRefusal::Malformed => {
+                json_error(400, "invalid_request", "the request body is malformed")
+            }
         }
     }
 }

@@ -378,6 +378,15 @@ pub struct ServerConf {
     /// Default: 60s.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Largest request body in bytes, for routes that set none (nginx's
+    /// `client_max_body_size`): a larger one is answered 413, before the upstream is
+    /// contacted when its `Content-Length` says so. Default: 1048576 (1 MiB).
+    #[serde(default = "default_max_body_size")]
+    pub max_body_size: u64,
+    /// How long a buffered request body may take to arrive, all of it, before the gateway
+    /// answers 408 (see `request_buffering` on routes). Default: 10s.
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// PID file, used by the binary upgrade (`-u`). Default: `/tmp/portcullis.pid`.
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
@@ -441,6 +450,12 @@ fn default_drain_delay() -> Duration {
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_max_body_size() -> u64 {
+    1024 * 1024
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_pid_file() -> String {
     "/tmp/portcullis.pid".into()
@@ -1081,6 +1096,16 @@ pub struct RouteConf {
     pub callers: Option<RouteCallers>,
     /// Tiers' `group_limits` for this name apply to this route.
     pub limit_group: Option<String>,
+    /// Largest request body in bytes. Default: `[server] max_body_size`.
+    pub max_body_size: Option<u64>,
+    /// Read a request body of up to 64 KiB whole, and check its framing, before anything is
+    /// sent upstream (nginx's `proxy_request_buffering`): a malformed body (400), one too
+    /// large (413) or one arriving too slowly (408, `[server] body_timeout`) never reaches
+    /// the backend. A chunked body that grows past 64 KiB is refused (413); a larger body
+    /// announced by `Content-Length` is streamed. `false` streams every body, for uploads.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub request_buffering: bool,
     /// `[routes.websocket]`: take WebSocket upgrades on this route.
     pub websocket: Option<RouteWebSocketConf>,
 }

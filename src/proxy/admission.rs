@@ -17,7 +17,7 @@ use crate::metrics;
 use crate::rate_limit::{Caller, Verdict};
 use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
-use crate::snapshot::{Action, Route, Snapshot};
+use crate::snapshot::{Action, BodyPolicy, Route, Snapshot};
 use crate::tls::ClientCert;
 use crate::upstream::UpstreamId;
 use crate::websocket::handshake;
@@ -53,6 +53,7 @@ pub struct Pass {
     normalized_path: Option<String>,
     affinity: Option<String>,
     websocket: bool,
+    body: BodyPolicy,
 }
 
 impl Pass {
@@ -78,6 +79,11 @@ impl Pass {
     /// Whether the request is a WebSocket upgrade the gateway relays itself.
     pub fn is_websocket(&self) -> bool {
         self.websocket
+    }
+
+    /// What request bodies the route takes.
+    pub fn body(&self) -> BodyPolicy {
+        self.body
     }
 }
 
@@ -178,6 +184,7 @@ async fn decide<'s>(
                 None => client.ip.to_string(),
             }),
             websocket: route.websocket.is_some() && handshake::is_websocket(req),
+            body: route.body,
         }),
     })
 }

@@ -46,6 +46,8 @@ impl Downstream {
 pub struct Forwarding {
     pub pass: Pass,
     pub attempts: Attempts,
+    /// Request body bytes sent on so far, against the route's limit.
+    pub body_read: u64,
 }
 
 impl Forwarding {

@@ -4,6 +4,7 @@
 
 mod admission;
 mod audit;
+mod body;
 mod context;
 mod failure;
 mod upgrade;
@@ -123,8 +124,18 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Ok(Decision::Forward(pass)) => {
+                let policy = pass.body();
+                if let Err(refused) = body::admit(session, policy, snap.server.body_timeout).await {
+                    // The rest of the body is unread: the connection takes no further request.
+                    session.set_keepalive(None);
+                    return respond(session, ctx, refused.reply()).await;
+                }
                 let attempts = Attempts::timed(&snap.upstreams[pass.upstream()]);
-                ctx.forwarding = Some(Forwarding { pass, attempts });
+                ctx.forwarding = Some(Forwarding {
+                    pass,
+                    attempts,
+                    body_read: 0,
+                });
                 Ok(false)
             }
             Ok(Decision::Respond(reply)) => respond(session, ctx, reply.clone()).await,
@@ -180,6 +191,26 @@ impl ProxyHttp for Gateway {
             cert,
             &ctx.request_id,
         )
+    }
+
+    /// A streamed request body may not outgrow the route's limit.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(forwarding), Some(chunk)) = (ctx.forwarding.as_mut(), body.as_ref()) {
+            let policy = forwarding.pass.body();
+            body::count(&mut forwarding.body_read, chunk.len(), policy).map_err(|_| {
+                Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_body_size",
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// A connection attempt failed: another target may take the request.

@@ -38,6 +38,7 @@ pub async fn serve(
     let forwarding = ctx.forwarding.insert(Forwarding {
         attempts: Attempts::untimed(upstream),
         pass,
+        body_read: 0,
     });
     let mut req = session.req_header().clone();
     prepare_upstream_request(

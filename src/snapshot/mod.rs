@@ -24,7 +24,7 @@ use crate::route::Router;
 use crate::upstream::{Upstream, Upstreams};
 use crate::websocket;
 
-pub use routes::{Action, Route};
+pub use routes::{Action, BodyPolicy, Route};
 pub use server::ServerSettings;
 
 /// The config the gateway currently serves, swapped atomically as a whole.
@@ -124,6 +124,7 @@ impl Snapshot {
         )?;
 
         let names = routes::Names {
+            max_body_size: server.max_body_size,
             authenticator: &authenticator,
             upstreams: &upstreams,
             groups: &groups,

@@ -31,10 +31,23 @@ pub struct Route {
     pub action: Action,
     /// Where a WebSocket upgrade's token may come from; `None`: the route takes no upgrades.
     pub websocket: Option<Vec<TokenSource>>,
+    /// What request bodies the route takes, and how.
+    pub body: BodyPolicy,
 }
 
-/// The parts of the config routes refer to by name.
+/// A route's request bodies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPolicy {
+    /// Largest body, in bytes.
+    pub max: u64,
+    /// Whether a small body is read whole before anything goes upstream.
+    pub buffer: bool,
+}
+
+/// The parts of the config routes refer to by name, and the server's defaults.
 pub struct Names<'a> {
+    /// `[server] max_body_size`.
+    pub max_body_size: u64,
     pub authenticator: &'a Authenticator,
     pub upstreams: &'a Upstreams,
     pub groups: &'a Groups,
@@ -212,6 +225,10 @@ impl Route {
             limit_group: r.limit_group.as_deref().and_then(|g| names.groups.find(g)),
             action,
             websocket,
+            body: BodyPolicy {
+                max: r.max_body_size.unwrap_or(names.max_body_size),
+                buffer: r.request_buffering,
+            },
         };
         Ok((route, (segments, kind, methods, host)))
     }

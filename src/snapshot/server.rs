@@ -18,6 +18,10 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// Longest idle wait of a keep-alive connection for its next request, in seconds.
     pub keepalive_timeout_secs: u64,
+    /// Largest request body, for routes that set none.
+    pub max_body_size: u64,
+    /// How long a buffered request body may take to arrive.
+    pub body_timeout: Duration,
     pub pid_file: String,
     pub upgrade_sock: String,
     /// The admin listener (`/metrics`).
@@ -49,6 +53,9 @@ impl ServerSettings {
         if s.threads == 0 {
             return Err(Invalid::new(at.key("threads"), "must be at least 1"));
         }
+        if s.body_timeout.is_zero() {
+            return Err(Invalid::new(at.key("body_timeout"), "must be above zero"));
+        }
         let keepalive_timeout_secs = s.keepalive_timeout.as_secs();
         if keepalive_timeout_secs == 0 || s.keepalive_timeout.subsec_nanos() != 0 {
             return Err(Invalid::new(
@@ -78,6 +85,8 @@ impl ServerSettings {
             grace_period: s.grace_period,
             drain_delay: s.drain_delay,
             keepalive_timeout_secs,
+            max_body_size: s.max_body_size,
+            body_timeout: s.body_timeout,
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),
             admin_listen,
