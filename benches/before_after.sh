@@ -25,18 +25,7 @@ RSA=conf/dev/private-key.pem
 lua_tokens "$TMP/tokens.txt"
 
 UP=$(port)
-cat > "$TMP/upstream.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $TMP/upstream.pid;
-error_log $TMP/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP backlog=4096; keepalive_requests 10000000;
-    location / { default_type text/plain; return 200 "ok\n"; } }
-}
-NGINX
+nginx_server upstream 1 "$UP" 'location / { default_type text/plain; return 200 "ok\n"; }'
 taskset -c 1 "$NGINX" -c "$TMP/upstream.conf" -p "$TMP" & PIDS+=($!)
 wait_port "$UP"
 

@@ -66,20 +66,6 @@ sed 's/^local i = 0$/local i = 0\ndelay = function() return 10 end/' "$TMP/bad-m
 
 # --- the upstream, on CPU 1 -----------------------------------------------------------------
 BODY=$(printf 'x%.0s' $(seq 99))
-nginx_server() { # NAME WORKERS PORT LOCATION-BODY
-  cat > "$TMP/$1.conf" <<NGINX
-worker_processes $2;
-daemon off;
-pid $TMP/$1.pid;
-error_log $TMP/$1.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$3 backlog=4096; keepalive_requests 10000000; $4 }
-}
-NGINX
-}
 UP=$(port)
 nginx_server upstream-1 1 "$UP" "location / { default_type text/plain; return 200 \"$BODY\n\"; }"
 taskset -c 1 "$NGINX" -c "$TMP/upstream-1.conf" -p "$TMP" & PIDS+=($!)

@@ -3,6 +3,9 @@
 #   need CMD:PACKAGE ...   installs the Debian packages of the commands that are missing
 #   port                   prints a free loopback port
 #   wait_port PORT         waits (10 s at most) until something accepts on PORT
+#   nginx_server NAME WORKERS PORT LOCATION-BODY
+#                          writes $TMP/NAME.conf: an nginx serving LOCATION-BODY on PORT, with
+#                          an `up` upstream block pointing at $UP for proxying configs
 #   lua_tokens FILE        writes FILE.lua (FILE without .txt): a wrk script sending GET /bench
 #                          with each bearer token of FILE in turn, reporting a RESULT line
 #
@@ -50,6 +53,21 @@ done = function(summary, latency, requests)
 end
 LUA
   } > "${1%.txt}.lua"
+}
+
+nginx_server() { # NAME WORKERS PORT LOCATION-BODY
+  cat > "$TMP/$1.conf" <<NGINX
+worker_processes $2;
+daemon off;
+pid $TMP/$1.pid;
+error_log $TMP/$1.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$3 backlog=4096; keepalive_requests 10000000; $4 }
+}
+NGINX
 }
 
 TMP=$(mktemp -d)

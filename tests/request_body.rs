@@ -6,78 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Gateway;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{CountingUpstream, Gateway};
 
-/// An upstream that counts the connections it accepts and answers each request with the body
-/// it read, raw (chunked framing included) when short, else its length in bytes.
-struct Upstream {
-    port: u16,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut data = Vec::new();
-                    let mut chunk = vec![0u8; 65536];
-                    let body = loop {
-                        let Ok(n) = conn.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        data.extend_from_slice(&chunk[..n]);
-                        let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                        let body = &data[end + 4..];
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok());
-                        match length {
-                            Some(n) if body.len() >= n => break body[..n].to_vec(),
-                            None if !head.contains("chunked") => break Vec::new(),
-                            None if body.ends_with(b"0\r\n\r\n") => break body.to_vec(),
-                            _ => {}
-                        }
-                    };
-                    let text = if body.len() < 200 {
-                        String::from_utf8_lossy(&body).into_owned()
-                    } else {
-                        body.len().to_string()
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                        text.len()
-                    );
-                    let _ = conn.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        Upstream { port, accepted }
-    }
-
-    fn connections(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-fn gateway(upstream: &Upstream) -> Gateway {
+fn gateway(upstream: &CountingUpstream) -> Gateway {
     Gateway::start_with(
         "body_timeout = \"1s\"",
         &format!(
@@ -148,7 +81,7 @@ fn status(answer: &str) -> &str {
 
 #[tokio::test]
 async fn bad_bodies_are_answered_by_the_gateway_and_never_reach_the_backend() {
-    let upstream = Upstream::start().await;
+    let upstream = CountingUpstream::start().await;
     let gw = gateway(&upstream);
     let (gw, upstream) = tokio::task::spawn_blocking(move || {
         // A chunk size that is not hexadecimal.
@@ -203,7 +136,7 @@ async fn bad_bodies_are_answered_by_the_gateway_and_never_reach_the_backend() {
 
 #[tokio::test]
 async fn good_bodies_arrive_whole_buffered_or_streamed() {
-    let upstream = Upstream::start().await;
+    let upstream = CountingUpstream::start().await;
     let gw = gateway(&upstream);
     tokio::task::spawn_blocking(move || {
         // A small chunked body, read whole before the backend is contacted.

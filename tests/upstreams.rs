@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, get, send, Echo, FileServer, Gateway};
+use common::{free_port, get, send, CountingUpstream, Echo, FileServer, Gateway};
 
 #[tokio::test]
 async fn upstream_failures_are_json_and_connection_failures_are_retried() {
@@ -317,39 +317,9 @@ upstream = "sticky"
 
 #[tokio::test]
 async fn upstream_connections_are_reused_under_concurrent_load() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An upstream that counts the connections it accepts and keeps each one alive.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if conn.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let upstream = CountingUpstream::start().await;
+    let port = upstream.port;
     // Two worker threads share one pool: a connection released by one is taken by the other.
     let gw = Gateway::start_with(
         "threads = 2",
@@ -380,7 +350,7 @@ async fn upstream_connections_are_reused_under_concurrent_load() {
     }
     // 2,400 requests from 8 client connections: a working pool opens about as many upstream
     // connections; losing pooled connections opened hundreds (cloudflare/pingora#998).
-    let opened = accepted.load(Ordering::SeqCst);
+    let opened = upstream.connections();
     assert!(opened <= 16, "{opened} upstream connections for 8 clients");
     assert!(
         !gw.log().contains("failed to acquire reusable stream"),

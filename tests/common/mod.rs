@@ -871,3 +871,80 @@ impl Provider {
         assert!(ok, "kill -{name}");
     }
 }
+
+/// An upstream that counts the connections it accepts and answers every request on them
+/// (keep-alive) with the body it read: raw, chunked framing included, when short, else its
+/// length in bytes.
+pub struct CountingUpstream {
+    pub port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    pub async fn start() -> CountingUpstream {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut chunk = vec![0u8; 65536];
+                    loop {
+                        while let Some(body) = take_request(&mut data) {
+                            let text = if body.len() < 200 {
+                                String::from_utf8_lossy(&body).into_owned()
+                            } else {
+                                body.len().to_string()
+                            };
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                                text.len()
+                            );
+                            if conn.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => data.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        CountingUpstream { port, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Takes one whole request off the front of `data`, if it is all there; returns its body
+/// (a `Content-Length` one, or a chunked one raw).
+fn take_request(data: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+    let rest = &data[end + 4..];
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let body_len = match length {
+        Some(n) if rest.len() >= n => n,
+        Some(_) => return None,
+        None if !head.contains("chunked") => 0,
+        None => rest.windows(5).position(|w| w == b"0\r\n\r\n")? + 5,
+    };
+    let body = rest[..body_len].to_vec();
+    data.drain(..end + 4 + body_len);
+    Some(body)
+}
