@@ -159,6 +159,17 @@ async fn good_bodies_arrive_whole_buffered_or_streamed() {
         let (answer, _) = exchange(&gw, &upload);
         assert_eq!(status(&answer), "200", "{answer}");
         assert!(answer.ends_with("\r\n\r\n200000"), "{answer}");
+
+        // A streamed chunked upload that outgrows the route's 300,000 bytes is cut with 413.
+        let mut over = b"POST /upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..25 {
+            over.extend_from_slice(format!("{:x}\r\n", 16384).as_bytes());
+            over.extend(std::iter::repeat_n(b'u', 16384));
+            over.extend_from_slice(b"\r\n");
+        }
+        over.extend_from_slice(b"0\r\n\r\n");
+        let (answer, _) = exchange(&gw, &over);
+        assert_eq!(status(&answer), "413", "{answer}");
     })
     .await
     .unwrap();
