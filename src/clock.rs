@@ -39,7 +39,7 @@ pub fn rfc3339_millis() -> String {
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Time since the process clock started (its first use).
-pub fn process_elapsed() -> Duration {
+fn process_elapsed() -> Duration {
     START.elapsed()
 }
 

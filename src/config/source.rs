@@ -105,10 +105,6 @@ impl Invalid {
         self.at = table;
         self
     }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 impl fmt::Display for Invalid {
@@ -296,7 +292,7 @@ mod tests {
         let p = KeyPath::root().key("routes").index(2).key("allow").index(0);
         assert_eq!(p.to_string(), "routes[2].allow[0]");
         assert_eq!(
-            Invalid::new(p.key("roles"), "x").message(),
+            Invalid::new(p.key("roles"), "x").to_string(),
             "routes[2].allow[0].roles: x"
         );
     }

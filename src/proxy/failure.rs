@@ -1,15 +1,34 @@
 //! When the upstream could not serve a request: what the client is told.
 
-use pingora_core::{Error, Result};
+use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::context::RequestCtx;
+use crate::upstream::NoPeer;
 
 /// The gateway's JSON answer when the upstream could not serve the request.
 pub async fn answer(session: &mut Session, ctx: &RequestCtx, status: u16) -> Result<()> {
     let mut reply = ctx.snapshot.responses.upstream_failure(status);
     reply.headers.extend(ctx.answer_headers());
     reply.send(session).await
+}
+
+/// The error for an exchange with no connection attempt left. [`UpstreamFailure::classify`]
+/// turns it into what the client is told: 503 when every target was down before the request,
+/// 502 after the request's own attempts failed, 504 once the upstream's `timeout` passed.
+pub fn no_peer(e: NoPeer) -> Box<Error> {
+    match e {
+        NoPeer::Unavailable => Error::explain(ErrorType::HTTPStatus(503), "no target is available"),
+        // The attempts' own failures were logged as they happened.
+        NoPeer::Failed => Error::explain(
+            ErrorType::ConnectError,
+            "no target is left to try after failed connections",
+        ),
+        NoPeer::TimedOut => Error::explain(
+            ErrorType::ConnectTimedout,
+            "the upstream timeout passed before a connection was made",
+        ),
+    }
 }
 
 /// Why a request could not be proxied, as the client is told.

@@ -24,7 +24,7 @@ use crate::request_id;
 use crate::respond::Reply;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::ClientCert;
-use crate::upstream::{Attempts, NoPeer};
+use crate::upstream::Attempts;
 use crate::websocket::{handshake, registry::Registry};
 use admission::{Client, Decision};
 use context::Forwarding;
@@ -151,25 +151,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let forwarding = ctx.forwarding.as_mut().ok_or_else(unadmitted)?;
         let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
-        match forwarding
+        forwarding
             .attempts
             .next_peer(upstream, forwarding.pass.affinity())
-        {
-            Ok(peer) => Ok(Box::new(peer)),
-            Err(NoPeer::Unavailable) => Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no target is available",
-            )),
-            // The attempts' own failures were logged as they happened; the client gets a 502.
-            Err(NoPeer::Failed) => Err(Error::explain(
-                ErrorType::ConnectError,
-                "no target is left to try after failed connections",
-            )),
-            Err(NoPeer::TimedOut) => Err(Error::explain(
-                ErrorType::ConnectTimedout,
-                "the upstream timeout passed before a connection was made",
-            )),
-        }
+            .map(Box::new)
+            .map_err(failure::no_peer)
     }
 
     async fn upstream_request_filter(

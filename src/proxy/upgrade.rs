@@ -21,7 +21,7 @@ use crate::config::Access;
 use crate::metrics;
 use crate::route;
 use crate::snapshot::SharedSnapshot;
-use crate::upstream::{Attempts, NoPeer};
+use crate::upstream::Attempts;
 use crate::websocket::{self, handshake, registry::Registry, Relay, Renew};
 
 /// Serves an admitted upgrade to the end of the connection.
@@ -57,9 +57,9 @@ pub async fn serve(
             .next_peer(upstream, forwarding.pass.affinity())
         {
             Ok(peer) => peer,
-            Err(NoPeer::Failed) => return failure::answer(session, ctx, 502).await,
-            Err(NoPeer::Unavailable | NoPeer::TimedOut) => {
-                return failure::answer(session, ctx, 503).await
+            Err(e) => {
+                let status = UpstreamFailure::classify(&failure::no_peer(e)).status();
+                return failure::answer(session, ctx, status).await;
             }
         };
         match connector.new_stream(&peer).await {
