@@ -24,6 +24,7 @@ RSA=conf/dev/private-key.pem
   --count 1000 > "$TMP/tokens.txt"
 lua_tokens "$TMP/tokens.txt"
 
+cp conf/dev/jwks.json "$TMP/jwks.json"
 UP=$(port)
 nginx_server upstream 1 "$UP" 'location / { default_type text/plain; return 200 "ok\n"; }'
 taskset -c 1 "$NGINX" -c "$TMP/upstream.conf" -p "$TMP" & PIDS+=($!)
@@ -33,37 +34,7 @@ declare -A PORT
 start() { # NAME BINARY
   local p
   p=$(port)
-  cat > "$TMP/$1.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$p"]
-threads = 1
-pid_file = "$TMP/$1.pid"
-upgrade_sock = "$TMP/$1.sock"
-
-[logging]
-access_log = "off"
-audit_log = "off"
-
-[issuers.dev]
-issuer = "$ISS"
-audiences = ["portcullis"]
-jwks_file = "$PWD/conf/dev/jwks.json"
-
-[upstreams.nginx]
-targets = ["127.0.0.1:$UP"]
-
-[[routes]]
-path = "/bench"
-upstream = "nginx"
-access = "authenticated"
-[[routes.allow]]
-methods = ["GET"]
-roles = ["agent"]
-
-[[rate_limit.tiers]]
-name = "users"
-limits = ["1000000/second"]
-TOML
+  portcullis_conf "$1" 1 "$p" authenticated "$FULL_POLICY"
   taskset -c 0 "$2" run -c "$TMP/$1.toml" > "$TMP/$1.log" 2>&1 & PIDS+=($!)
   PORT[$1]=$p
   wait_port "$p"

@@ -79,36 +79,6 @@ start() { # NAME PORT COMMAND...
   PID[$name]=$!; PIDS+=($!); PORT[$name]=$p
 }
 
-portcullis_conf() { # NAME THREADS PORT ACCESS TIERS
-  cat > "$TMP/$1.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$3"]
-threads = $2
-pid_file = "$TMP/$1.pid"
-upgrade_sock = "$TMP/$1.sock"
-
-# nginx and HAProxy log nothing here either.
-[logging]
-access_log = "off"
-audit_log = "off"
-
-[issuers.dev]
-issuer = "$ISS"
-audiences = ["portcullis"]
-algorithms = ["RS256", "ES256"]
-jwks_file = "$TMP/jwks.json"
-
-[upstreams.nginx]
-targets = ["127.0.0.1:$UP"]
-
-[[routes]]
-path = "/bench"
-upstream = "nginx"
-access = "$4"
-$5
-TOML
-}
-
 haproxy_conf() { # THREADS PORT
   cat > "$TMP/haproxy.cfg" <<HAPROXY
 global
@@ -226,14 +196,7 @@ for T in $THREAD_COUNTS; do
   P=$(port); start pingora "$P" "$PASSTHROUGH" "127.0.0.1:$P" "127.0.0.1:$UP" "$T"
   P=$(port); portcullis_conf "off-$T" "$T" "$P" public ""
   start portcullis-off "$P" "$BIN" run -c "$TMP/off-$T.toml"
-  P=$(port); portcullis_conf "full-$T" "$T" "$P" authenticated '
-[[routes.allow]]
-methods = ["GET"]
-roles = ["agent"]
-
-[[rate_limit.tiers]]
-name = "users"
-limits = ["1000000/second"]'
+  P=$(port); portcullis_conf "full-$T" "$T" "$P" authenticated "$FULL_POLICY"
   start portcullis "$P" "$BIN" run -c "$TMP/full-$T.toml"
   PORT[portcullis-es]=$P; PID[portcullis-es]=${PID[portcullis]}
   for name in upstream nginx haproxy-jwt pingora portcullis-off portcullis; do wait_port "${PORT[$name]}"; done

@@ -6,6 +6,11 @@
 #   nginx_server NAME WORKERS PORT LOCATION-BODY
 #                          writes $TMP/NAME.conf: an nginx serving LOCATION-BODY on PORT, with
 #                          an `up` upstream block pointing at $UP for proxying configs
+#   portcullis_conf NAME THREADS PORT ACCESS EXTRA
+#                          writes $TMP/NAME.toml: the gateway on PORT with THREADS, logs off,
+#                          issuer $ISS with keys from $TMP/jwks.json, route /bench to nginx on
+#                          $UP with ACCESS, then the EXTRA lines ($FULL_POLICY: the measured
+#                          policy, GET for role `agent` and a rate limit too high to bite)
 #   lua_tokens FILE        writes FILE.lua (FILE without .txt): a wrk script sending GET /bench
 #                          with each bearer token of FILE in turn, reporting a RESULT line
 #
@@ -69,6 +74,45 @@ http {
 }
 NGINX
 }
+
+portcullis_conf() { # NAME THREADS PORT ACCESS EXTRA
+  cat > "$TMP/$1.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$3"]
+threads = $2
+pid_file = "$TMP/$1.pid"
+upgrade_sock = "$TMP/$1.sock"
+
+# The other contenders log nothing either.
+[logging]
+access_log = "off"
+audit_log = "off"
+
+[issuers.dev]
+issuer = "$ISS"
+audiences = ["portcullis"]
+algorithms = ["RS256", "ES256"]
+jwks_file = "$TMP/jwks.json"
+
+[upstreams.nginx]
+targets = ["127.0.0.1:$UP"]
+
+[[routes]]
+path = "/bench"
+upstream = "nginx"
+access = "$4"
+$5
+TOML
+}
+
+FULL_POLICY='
+[[routes.allow]]
+methods = ["GET"]
+roles = ["agent"]
+
+[[rate_limit.tiers]]
+name = "users"
+limits = ["1000000/second"]'
 
 TMP=$(mktemp -d)
 PIDS=()
