@@ -40,9 +40,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something listens on the port. Read from the kernel's socket table rather than
-/// by connecting: a probe connection, closed at once, leaves a half-closed connection whose
-/// ports a following connection can collide with (the peer then refuses it), and a probe of a
-/// port nobody listens on can connect to itself.
+/// by connecting: the check leaves no connection behind for the server to handle, and cannot
+/// connect to itself, as a probe of a port nobody listens on can.
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
