@@ -54,8 +54,26 @@ jwks_file = "{{fixtures}}/rsa-2.jwks.json"
 header = ["at+jwt"]
 claim = {{ name = "typ", values = ["Bearer"] }}
 
+[issuers.spaced]
+issuer = "https://spaced.test"
+audiences = ["api"]
+jwks_file = "{{fixtures}}/rsa-2.jwks.json"
+
+[issuers.spaced.claims]
+roles = ["roles"]
+roles_format = "space_separated"
+
 [upstreams.backend]
 targets = ["127.0.0.1:{port}"]
+
+[[routes]]
+path = "/supervisors"
+upstream = "backend"
+access = "authenticated"
+issuers = ["spaced"]
+
+[[routes.allow]]
+roles = ["supervisor"]
 
 [[routes]]
 path = "/any"
@@ -447,4 +465,35 @@ async fn id_and_refresh_tokens_are_not_access_tokens() {
             r.header("www-authenticate")
         );
     }
+}
+
+#[tokio::test]
+async fn an_issuer_may_say_its_roles_are_space_separated() {
+    let echo = Echo::start();
+    let gw = gateway(&echo);
+    let spaced = |roles: &str| {
+        let claim = format!("roles={roles}");
+        mint(
+            "rsa-2.pem",
+            "RS256",
+            "rsa-2",
+            "https://spaced.test",
+            &["--claim", &claim],
+        )
+    };
+    let url = gw.url("/supervisors");
+    assert_eq!(
+        get(&url, Some(&spaced(r#""agent supervisor""#)))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&url, Some(&spaced(r#""agent""#))).await.status, 403);
+    // That issuer's roles are a string: an array is the wrong shape there.
+    let r = get(&url, Some(&spaced(r#"["supervisor"]"#))).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .contains("roles claim is not a string"));
 }
