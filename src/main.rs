@@ -15,6 +15,7 @@ use portcullis::metrics;
 use portcullis::proxy::Gateway;
 use portcullis::runtime::admin::Admin;
 use portcullis::runtime::config_metrics;
+use portcullis::runtime::connections::Capped;
 use portcullis::runtime::eviction::Eviction;
 use portcullis::runtime::health_check::HealthChecker;
 use portcullis::runtime::key_refresh::KeyRefresher;
@@ -276,10 +277,16 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
 
     let websockets = Arc::new(Registry::default());
     let eviction = Eviction::new(websockets.clone(), shared.clone());
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut gateway = pingora_proxy::HttpProxy::new(
         Gateway::new(shared.clone(), websockets.clone()),
-        "portcullis",
+        server.configuration.clone(),
+    );
+    gateway.handle_init_modules();
+    let mut client_listeners = settings.listen.clone();
+    client_listeners.extend(&settings.tls_listen);
+    let mut proxy = Service::new(
+        "portcullis".into(),
+        Capped::new(gateway, &client_listeners, shared.clone()),
     );
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
@@ -301,8 +308,7 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         "health checks",
         HealthChecker::new(shared.clone()),
     ));
-    let mut listeners = settings.listen.clone();
-    listeners.extend(&settings.tls_listen);
+    let mut listeners = client_listeners;
     if let Some(addr) = settings.admin_listen {
         let mut admin = Service::new(
             "admin".into(),

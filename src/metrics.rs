@@ -9,8 +9,8 @@ use std::time::Duration;
 use once_cell::sync::Lazy;
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 static REGISTRY: Lazy<Registry> =
@@ -42,6 +42,13 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Hi
 fn int_gauge(name: &str, help: &str) -> IntGauge {
     register(
         IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
+fn int_gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        IntGaugeVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
     )
 }
 
@@ -173,6 +180,22 @@ static IN_FLIGHT: Lazy<IntGauge> = Lazy::new(|| {
     int_gauge(
         "requests_in_flight",
         "Requests being served now, open WebSockets included.",
+    )
+});
+
+static CLIENT_CONNECTIONS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    int_gauge_vec(
+        "client_connections",
+        "Client connections open now, by listener address.",
+        &["listener"],
+    )
+});
+
+static CLIENT_CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "client_connections_refused_total",
+        "Client connections closed on arrival because their listener had max_connections open.",
+        &["listener"],
     )
 });
 
@@ -367,6 +390,14 @@ pub fn websocket_eviction_order(origin: &str) {
 
 pub fn in_flight() -> &'static IntGauge {
     &IN_FLIGHT
+}
+
+pub fn client_connections(listener: &str) -> IntGauge {
+    CLIENT_CONNECTIONS.with_label_values(&[listener])
+}
+
+pub fn client_connections_refused(listener: &str) -> IntCounter {
+    CLIENT_CONNECTIONS_REFUSED.with_label_values(&[listener])
 }
 
 pub fn reload(applied: bool, took: Duration) {

@@ -790,3 +790,89 @@ fn idle_keep_alive_connections_are_closed_after_the_keepalive_timeout() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_full_listener_closes_new_connections_and_counts_them() {
+    use std::io::{Read, Write};
+    let admin_port = free_port();
+    let gw = Gateway::start_with(
+        "max_connections = 2",
+        &format!(
+            "{}\n[[routes]]\npath = \"/a\"\naccess = \"public\"\nrespond = {{ body = \"a\" }}\n",
+            admin(admin_port)
+        ),
+        &[],
+    );
+    let request = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let served = |conn: &mut std::net::TcpStream| -> Result<(), String> {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        // The gateway may close before the request is written: a refusal either way.
+        conn.write_all(request).map_err(|e| e.to_string())?;
+        match conn.read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200") => Ok(()),
+            Ok(n) => Err(format!("{:?}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let listener = format!("{{listener=\"127.0.0.1:{}\"}}", gw.port);
+    let open = format!("portcullis_client_connections{listener}");
+    let refused = format!("portcullis_client_connections_refused_total{listener}");
+
+    // The readiness probe's own connection has come and gone.
+    gw.log_with("ready: every listener accepts connections");
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(admin_port, &open)
+            .await
+            == 0.0)
+        .await
+    );
+
+    // Two idle keep-alive clients fill the listener.
+    let mut first = connect();
+    let mut second = connect();
+    served(&mut first).unwrap();
+    served(&mut second).unwrap();
+    assert_eq!(metric(admin_port, &open).await, 2.0);
+
+    // A third is closed without an answer, and counted.
+    let mut third = connect();
+    assert!(served(&mut third).is_err());
+    assert_eq!(metric(admin_port, &refused).await, 1.0);
+    // The admin listener is not capped by the proxy's limit.
+    assert_eq!(metric(admin_port, &open).await, 2.0);
+
+    // A place freed is a place taken.
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(admin_port, &open)
+            .await
+            == 1.0)
+        .await
+    );
+    let mut fourth = connect();
+    served(&mut fourth).unwrap();
+    served(&mut second).unwrap();
+
+    // A reload raises the cap for new connections.
+    let text = std::fs::read_to_string(&gw.conf).unwrap();
+    std::fs::write(
+        &gw.conf,
+        text.replace("max_connections = 2", "max_connections = 3"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let mut conn = connect();
+            served(&mut conn).is_ok()
+        })
+        .await,
+        "{}",
+        gw.log()
+    );
+    assert!(gw
+        .log()
+        .contains("client connections open (server.max_connections)"));
+}

@@ -378,6 +378,14 @@ pub struct ServerConf {
     /// Default: 60s.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Most client connections open at once on each listener (Envoy's per-listener
+    /// `connection_limit`). A connection beyond it is closed as soon as it is accepted, counted
+    /// in `portcullis_client_connections_refused_total`, so that idle or slow clients cannot
+    /// take every descriptor. Every proxied connection also holds one to its upstream: keep
+    /// the sum over listeners well under half the process's open-file limit. Takes effect for
+    /// new connections on reload. Default: 16384.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Largest request body in bytes, for routes that set none (nginx's
     /// `client_max_body_size`): a larger one is answered 413, before the upstream is
     /// contacted when its `Content-Length` says so. Default: 1048576 (1 MiB).
@@ -450,6 +458,9 @@ fn default_drain_delay() -> Duration {
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    16384
 }
 fn default_max_body_size() -> u64 {
     1024 * 1024

@@ -18,6 +18,8 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// Longest idle wait of a keep-alive connection for its next request, in seconds.
     pub keepalive_timeout_secs: u64,
+    /// Most client connections open at once on each listener.
+    pub max_connections: usize,
     /// Largest request body, for routes that set none.
     pub max_body_size: u64,
     /// How long a buffered request body may take to arrive.
@@ -63,6 +65,12 @@ impl ServerSettings {
                 "must be whole seconds, at least 1s",
             ));
         }
+        if s.max_connections == 0 {
+            return Err(Invalid::new(
+                at.key("max_connections"),
+                "must be at least 1",
+            ));
+        }
         let (tls_listen, tls) = match &s.tls {
             None => (Vec::new(), None),
             Some(t) => {
@@ -85,6 +93,7 @@ impl ServerSettings {
             grace_period: s.grace_period,
             drain_delay: s.drain_delay,
             keepalive_timeout_secs,
+            max_connections: s.max_connections,
             max_body_size: s.max_body_size,
             body_timeout: s.body_timeout,
             pid_file: s.pid_file.clone(),

@@ -209,10 +209,10 @@ impl std::fmt::Display for CertKey {
 
 impl Hash for CertKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
+        // The serial's bytes, not its formatted text: this runs for every upstream request
+        // (the connection pool's key), and formatting allocated on each one.
         for certificate in &self.certificates {
-            if let Ok(serial) = get_serial(certificate) {
-                serial.hash(state)
-            }
+            certificate.borrow_cert().raw_serial().hash(state)
         }
     }
 }
