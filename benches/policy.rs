@@ -1,27 +1,14 @@
 //! The authorization decision of a route for a Keycloak-shaped principal: a dozen roles, a
-//! few scopes, three rules.
+//! few scopes. Role rules by method, and a rule with claim conditions and a tenant match.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::Method;
-use portcullis::authenticate::{Principal, PrincipalKind};
-use portcullis::authorize::{Policy, Rule};
-use portcullis::config::RouteCallers;
-use portcullis::route::MethodSet;
-
-fn methods(names: &[&str]) -> MethodSet {
-    let names: Vec<String> = names.iter().map(|m| m.to_string()).collect();
-    MethodSet::parse(Some(&names)).expect("methods")
-}
-
-fn rule(names: &[&str], roles: &[&str], scopes: &[&str]) -> Rule {
-    Rule {
-        methods: methods(names),
-        roles: roles.iter().map(|r| (*r).into()).collect(),
-        scopes: scopes.iter().map(|s| (*s).into()).collect(),
-    }
-}
+use http::{HeaderMap, Method};
+use portcullis::authenticate::{Authenticator, ClaimValue, Principal, PrincipalKind};
+use portcullis::authorize::{Policy, Request, Rule, RuleContext};
+use portcullis::config::{KeyPath, RouteCallers, RuleConf};
 
 fn principal(roles: &[&str]) -> Principal {
     let keycloak_defaults = ["offline_access", "uma_authorization", "default-roles-acme"];
@@ -43,37 +30,117 @@ fn principal(roles: &[&str]) -> Principal {
             .map(|s| s.to_string())
             .collect(),
         valid_until: Some(u64::MAX),
-        extra: vec![],
+        // The claims the tenant rule reads, in the order it registers them.
+        extra: vec![
+            ClaimValue::Text("partner".into()),
+            ClaimValue::Bool(true),
+            ClaimValue::Text("agency-42".into()),
+        ],
     }
 }
 
-fn policy(c: &mut Criterion) {
-    let policy = Policy {
+/// A policy from `[[allow]]` tables, for a route at `/agencies/{agency}/reports`.
+fn policy(toml: &str) -> Policy {
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        allow: Vec<RuleConf>,
+    }
+    let rules: Rules = toml::from_str(toml).expect("rules");
+    let params = [("agency", 1)];
+    let cx = RuleContext { params: &params };
+    let mut auth = Authenticator::default();
+    Policy {
         callers: RouteCallers::Users,
-        rules: vec![
-            rule(&["DELETE"], &["admin"], &[]),
-            rule(
-                &["GET", "HEAD"],
-                &["agent", "supervisor", "admin"],
-                &["agents:read"],
-            ),
-            rule(&["POST", "PUT"], &["supervisor", "admin"], &[]),
-        ],
-    };
+        allow: rules
+            .allow
+            .iter()
+            .map(|r| Rule::compile(r, &KeyPath::root(), &cx, &mut auth).expect("rule"))
+            .collect(),
+        deny: Vec::new(),
+    }
+}
+
+const ROLES: &str = r#"
+[[allow]]
+methods = ["DELETE"]
+roles = ["admin"]
+[[allow]]
+methods = ["GET", "HEAD"]
+roles = ["agent", "supervisor", "admin"]
+scopes = ["agents:read"]
+[[allow]]
+methods = ["POST", "PUT"]
+roles = ["supervisor", "admin"]
+"#;
+
+const TENANT: &str = r#"
+[[allow]]
+methods = ["GET"]
+roles = ["agent", "supervisor"]
+clients = ["portal", "mobile"]
+claims = { agency_type = ["partner", "own"], email_verified = true }
+match = { agency = "claim:agency_id" }
+"#;
+
+fn bench(c: &mut Criterion) {
+    let roles = policy(ROLES);
+    let tenant = policy(TENANT);
     let agent = principal(&["agent"]);
     let guest = principal(&[]);
+    let headers = HeaderMap::new();
+    let request = |method: &'static Method, path: &'static str| Request {
+        method,
+        path,
+        headers: &headers,
+        client_ip: Ipv4Addr::new(10, 0, 0, 1).into(),
+        client_cert_subject: None,
+    };
+    let own = "/agencies/agency-42/reports";
+    let other = "/agencies/agency-7/reports";
     let cases = [
-        ("policy_allow", &agent, Method::GET, true),
-        ("policy_deny_role", &guest, Method::GET, false),
-        ("policy_deny_method", &agent, Method::PATCH, false),
+        (
+            "policy_allow",
+            &roles,
+            &agent,
+            request(&Method::GET, own),
+            true,
+        ),
+        (
+            "policy_deny_role",
+            &roles,
+            &guest,
+            request(&Method::GET, own),
+            false,
+        ),
+        (
+            "policy_deny_method",
+            &roles,
+            &agent,
+            request(&Method::PATCH, own),
+            false,
+        ),
+        (
+            "policy_tenant_allow",
+            &tenant,
+            &agent,
+            request(&Method::GET, own),
+            true,
+        ),
+        (
+            "policy_tenant_other_agency",
+            &tenant,
+            &agent,
+            request(&Method::GET, other),
+            false,
+        ),
     ];
-    for (name, who, method, allowed) in cases {
-        assert_eq!(policy.authorize(&method, who).is_ok(), allowed, "{name}");
+    for (name, policy, who, req, allowed) in cases {
+        assert_eq!(policy.authorize(&req, Some(who)).is_ok(), allowed, "{name}");
         c.bench_function(name, |b| {
-            b.iter(|| policy.authorize(std::hint::black_box(&method), std::hint::black_box(who)))
+            b.iter(|| policy.authorize(std::hint::black_box(&req), std::hint::black_box(Some(who))))
         });
     }
 }
 
-criterion_group!(benches, policy);
+criterion_group!(benches, bench);
 criterion_main!(benches);

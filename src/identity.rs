@@ -138,6 +138,12 @@ impl IdentityHeaders {
 #[derive(Debug, Clone)]
 pub struct IdentityValues(Vec<(HeaderName, HeaderValue)>);
 
+impl IdentityValues {
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,10 +258,16 @@ pub struct AuditRecord<'a> {
     pub status: Option<u16>,
     /// `ok`, or why: `expired`, `bad_signature`, `insufficient_role`, `rate_limited` …
     pub reason: std::borrow::Cow<'a, str>,
-    /// The policy rule that admitted the request: `allow[N]` (the route's N-th `[[routes.allow]]`,
-    /// from 0), or `authenticated` for a route without rules.
+    /// The policy rule that decided: `allow[N]` (the route's N-th `[[routes.allow]]`, from 0),
+    /// `deny[N]`, or `authenticated` for a route without rules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `false` when the route is in shadow mode and the refusal was not carried out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<bool>,
+    /// What the route's external decision point decided: `allow`, `deny`, `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -199,6 +199,40 @@ static CLIENT_CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+static EXT_AUTHZ_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ext_authz_lookups_total",
+        "External decisions by route and how they were found: hit, shared (joined a call in \
+         flight), miss (asked), uncached (the route keeps none).",
+        &["route", "result"],
+    )
+});
+
+static EXT_AUTHZ_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "ext_authz_calls_total",
+        "Calls to external decision points by route and outcome: allow, deny, error.",
+        &["route", "outcome"],
+    )
+});
+
+static EXT_AUTHZ_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "ext_authz_duration_seconds",
+        "How long calls to external decision points took, by route.",
+        &["route"],
+        LATENCY,
+    )
+});
+
+static SHADOW_REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "shadow_refusals_total",
+        "Refusals not carried out because their route has enforce = false, by route and reason.",
+        &["route", "reason"],
+    )
+});
+
 static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "config_reloads_total",
@@ -398,6 +432,21 @@ pub fn client_connections(listener: &str) -> IntGauge {
 
 pub fn client_connections_refused(listener: &str) -> IntCounter {
     CLIENT_CONNECTIONS_REFUSED.with_label_values(&[listener])
+}
+
+pub fn ext_authz_lookup(route: &str, result: &str) {
+    EXT_AUTHZ_LOOKUPS.with_label_values(&[route, result]).inc();
+}
+
+pub fn ext_authz_call(route: &str, outcome: &str, took: Duration) {
+    EXT_AUTHZ_CALLS.with_label_values(&[route, outcome]).inc();
+    EXT_AUTHZ_DURATION
+        .with_label_values(&[route])
+        .observe(took.as_secs_f64());
+}
+
+pub fn shadow_refusal(route: &str, reason: &str) {
+    SHADOW_REFUSALS.with_label_values(&[route, reason]).inc();
 }
 
 pub fn reload(applied: bool, took: Duration) {

@@ -1,12 +1,14 @@
 //! The gateway's own answers: denials and direct responses, built once per config.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use crate::authenticate::AuthError;
-use crate::authorize::Forbidden;
+use crate::authorize::{external, Forbidden};
 use crate::config::{Invalid, KeyPath, ResponsesConf};
 use crate::rate_limit::{StoreUnavailable, Verdict};
 use crate::route::PathError;
@@ -49,7 +51,7 @@ impl Reply {
 }
 
 /// Why the gateway refused a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Rejection {
     BadPath(PathError),
     NotFound,
@@ -63,6 +65,8 @@ pub enum Rejection {
     Undecided {
         retry_after_secs: u32,
     },
+    /// The route's external decision point refused, with this answer.
+    External(Arc<external::Answer>),
 }
 
 impl From<AuthError> for Rejection {
@@ -71,6 +75,12 @@ impl From<AuthError> for Rejection {
             AuthError::Undecided { retry_after_secs } => Rejection::Undecided { retry_after_secs },
             e => Rejection::Unauthorized(e),
         }
+    }
+}
+
+impl From<Forbidden> for Rejection {
+    fn from(f: Forbidden) -> Self {
+        Rejection::Forbidden(f)
     }
 }
 
@@ -83,6 +93,7 @@ impl Rejection {
             Rejection::Forbidden(_) => 403,
             Rejection::Limited(_) => 429,
             Rejection::LimiterUnavailable(_) | Rejection::Undecided { .. } => 503,
+            Rejection::External(a) => a.status,
         }
     }
 }
@@ -176,6 +187,11 @@ impl Responses {
                 "the identity provider could not be asked whether the token is active",
                 retry_after_secs.into(),
             ),
+            Rejection::External(a) => Reply {
+                status: a.status,
+                headers: a.headers.clone(),
+                body: a.body.clone(),
+            },
             Rejection::Unauthorized(e) => {
                 match self.unauthorized_by_error.iter().find(|r| r.0 == e) {
                     Some((_, reply)) => reply.clone(),

@@ -290,3 +290,53 @@ async fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&gw.url("/a"), None).await.body, "second");
 }
+
+#[test]
+fn policy_mistakes_are_named() {
+    let route = "\n[[routes]]\npath = \"/agencies/{agency}/reports\"\nmethods = [\"GET\", \"DELETE\"]\nupstream = \"backend\"\naccess = \"authenticated\"\n";
+    // The rule's first key is on line 18.
+    assert_refused(
+        &format!("{route}[[routes.allow]]\nclaims = {{ amr = {{ includes = \"mfa\" }} }}\n"),
+        18,
+        &[
+            "routes[0].allow[0].claims.amr.includes",
+            "unknown claim operator \"includes\"",
+        ],
+    );
+    assert_refused(
+        &format!("{route}[[routes.allow]]\nmatch = {{ tenant = \"claim:agency_id\" }}\n"),
+        18,
+        &[
+            "routes[0].allow[0].match.tenant",
+            "no parameter {tenant} (it has: {agency})",
+        ],
+    );
+    assert_refused(
+        &format!("{route}[[routes.allow]]\nmatch = {{ agency = \"agency_id\" }}\n"),
+        18,
+        &["must name a claim, as in \"claim:agency_id\""],
+    );
+    assert_refused(
+        &format!("{route}[[routes.deny]]\nmethods = [\"POST\"]\n"),
+        18,
+        &["routes[0].deny[0].methods", "can never match"],
+    );
+    assert_refused(
+        &format!("{route}[[routes.deny]]\nfrom = [\"10.0.0.300/8\"]\n"),
+        18,
+        &[
+            "routes[0].deny[0].from[0]",
+            "not an address or a CIDR network",
+        ],
+    );
+    assert_refused(
+        "\n[[routes]]\npath = \"/s\"\nupstream = \"backend\"\naccess = \"public\"\n[[routes.deny]]\nroles = [\"x\"]\n",
+        16,
+        &["routes[0].deny[0]", "can never match: a public route reads no token"],
+    );
+    assert_refused(
+        &format!("{route}[routes.ext_authz]\nkind = \"opa\"\nurl = \"opa:8181\"\n"),
+        19,
+        &["routes[0].ext_authz.url", "http:// or https:// URL"],
+    );
+}

@@ -134,6 +134,22 @@ pub(super) fn scalar(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// A claim as [`super::ClaimValue`]: strings and numbers as text, booleans, arrays of them.
+pub(super) fn value(value: Option<&Value>) -> super::ClaimValue {
+    use super::ClaimValue;
+    match value {
+        Some(Value::Bool(b)) => ClaimValue::Bool(*b),
+        Some(Value::Array(items)) => ClaimValue::List(
+            items
+                .iter()
+                .filter_map(|v| scalar(Some(v)))
+                .map(Into::into)
+                .collect(),
+        ),
+        v => scalar(v).map_or(ClaimValue::Absent, |t| ClaimValue::Text(t.into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

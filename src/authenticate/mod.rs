@@ -49,13 +49,35 @@ pub struct Principal {
     /// clock skew. `None` for a non-expiring token.
     pub valid_until: Option<u64>,
     /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
-    pub extra: Vec<Option<String>>,
+    pub extra: Vec<ClaimValue>,
+}
+
+/// A claim other parts of the config read, as the token carried it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClaimValue {
+    /// Absent, null, empty, or of a shape nothing reads (an object).
+    #[default]
+    Absent,
+    /// A string, or a number as written in the token.
+    Text(Box<str>),
+    Bool(bool),
+    /// An array; its strings and numbers.
+    List(Vec<Box<str>>),
 }
 
 impl Principal {
-    /// The value of a claim registered with [`Authenticator::claim_slot`].
+    /// The text value of a claim registered with [`Authenticator::claim_slot`].
     pub fn claim(&self, slot: ClaimSlot) -> Option<&str> {
-        self.extra.get(slot.0)?.as_deref()
+        match self.claim_value(slot) {
+            ClaimValue::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The value of a claim registered with [`Authenticator::claim_slot`], whatever its shape.
+    pub fn claim_value(&self, slot: ClaimSlot) -> &ClaimValue {
+        const ABSENT: ClaimValue = ClaimValue::Absent;
+        self.extra.get(slot.0).unwrap_or(&ABSENT)
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -519,7 +541,7 @@ impl Authenticator {
         let extra = self
             .extra_claims
             .iter()
-            .map(|p| claims::scalar(p.get(token_claims)))
+            .map(|p| claims::value(p.get(token_claims)))
             .collect();
         let principal = Principal {
             issuer: issuer.name.clone(),

@@ -1101,7 +1101,20 @@ pub struct RouteConf {
     pub issuers: Option<Vec<String>>,
     /// `[[routes.allow]]`: who may call this route. Without rules, any valid token may.
     #[serde(default)]
-    pub allow: Vec<AllowConf>,
+    pub allow: Vec<RuleConf>,
+    /// `[[routes.deny]]`: exceptions, checked before the `allow` rules. A request that meets
+    /// every condition of a deny rule is refused (403), whatever the allow rules say.
+    #[serde(default)]
+    pub deny: Vec<RuleConf>,
+    /// `false` runs this route in shadow mode: every decision is made and logged (audit log,
+    /// `"enforced": false`; `portcullis_shadow_refusals_total`) but a refusal (401, 403, 429)
+    /// is not carried out: the request is forwarded anyway, without identity headers when its
+    /// token was not accepted. For checking a policy against real traffic before it enforces.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub enforce: bool,
+    /// `[routes.ext_authz]`: an external decision point asked after the local rules allow.
+    pub ext_authz: Option<ExtAuthzConf>,
     /// Which tokens an authenticated route takes: `users` (default), `services` (system and
     /// metadata APIs for backend jobs), or `any`.
     pub callers: Option<RouteCallers>,
@@ -1150,10 +1163,11 @@ fn default_content_type() -> String {
     "text/plain; charset=utf-8".into()
 }
 
-/// `[[routes.allow]]`: a rule. A request is admitted when a rule that covers its method is met.
-#[derive(Debug, Deserialize)]
+/// `[[routes.allow]]` or `[[routes.deny]]`: a rule. A rule is met when every condition it
+/// sets holds (AND); an allow rule admits, a deny rule refuses. Rules are combined with OR.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AllowConf {
+pub struct RuleConf {
     /// Methods the rule covers. Default: all.
     pub methods: Option<Vec<String>>,
     /// The caller needs at least one of these roles. Empty: no role needed.
@@ -1162,4 +1176,97 @@ pub struct AllowConf {
     /// The caller needs every one of these scopes.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The calling client (the token's `azp`, or `client_id`) is one of these.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// Claims, by dotted path, and what they must be: a value (equal), a list (one of), or a
+    /// table of operators `{ equals = V }`, `{ one_of = [..] }`, `{ contains = V }` (an array
+    /// claim holds V), `{ present = true|false }`.
+    #[serde(default)]
+    pub claims: BTreeMap<String, toml::Value>,
+    /// Equalities for tenant isolation: a path parameter of the route (`agency`) or a request
+    /// header (`"header:X-Agency"`) must equal a claim (`"claim:agency_id"`).
+    #[serde(default, rename = "match")]
+    pub matches: BTreeMap<String, String>,
+    /// `users`, `services` or `anonymous` (no token: deny rules of public routes): the kind
+    /// of caller.
+    pub caller: Option<CallerKind>,
+    /// The TLS client certificate's subject (RFC 4514, as in `CN=reports-job,O=Acme`) is one
+    /// of these. Only on mutual-TLS listeners; without a certificate the condition fails.
+    #[serde(default)]
+    pub client_cert_subject: Vec<String>,
+    /// The client address is in one of these networks (CIDR or a single address).
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// The client address is in none of these networks.
+    #[serde(default)]
+    pub not_from: Vec<String>,
+}
+
+/// `[routes.ext_authz]`: a decision point the gateway asks, after the local rules allow,
+/// whether a request may pass.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzConf {
+    /// `http`: an authorization service in the shape of Envoy's ext_authz HTTP service, nginx
+    /// `auth_request` or Traefik `forwardAuth`: the request's method and path (appended to
+    /// `url`'s path) with the selected headers and the verified identity; 2xx allows, 401 and
+    /// 403 go to the client with their body. `opa`: Open Policy Agent's data API, `POST url`
+    /// with `{"input": …}`, answered `{"result": true|false}` or
+    /// `{"result": {"allow": …, "headers": {…}}}`.
+    pub kind: ExtAuthzKind,
+    /// `http://` or `https://` URL of the service, or of the OPA rule
+    /// (`http://opa:8181/v1/data/portcullis/allow`).
+    pub url: String,
+    /// How long a decision may take, waiting for a free connection included. Default: 1s.
+    #[serde(default = "default_ext_authz_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Request headers sent along (and part of the cache key). `Authorization` only if listed.
+    #[serde(default)]
+    pub send_headers: Vec<String>,
+    /// Headers of an allowing answer that are set on the upstream request.
+    #[serde(default)]
+    pub upstream_headers: Vec<String>,
+    /// How long a decision is reused for the same token, route, method, path and sent
+    /// headers; 0s asks every time. Default: 10s.
+    #[serde(default = "default_ext_authz_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Most decisions remembered. Default: 10000.
+    #[serde(default = "default_ext_authz_cache_entries")]
+    pub cache_max_entries: usize,
+    /// Most calls in flight at once. Default: 64.
+    #[serde(default = "default_ext_authz_concurrency")]
+    pub max_concurrent: usize,
+    /// When the decision point fails (timeout, connection error, another status, a malformed
+    /// answer): `deny` answers 403, `allow` lets the request pass. Default: deny.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtAuthzKind {
+    Http,
+    Opa,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+fn default_ext_authz_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_ext_authz_cache_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ext_authz_cache_entries() -> usize {
+    10_000
+}
+fn default_ext_authz_concurrency() -> usize {
+    64
 }

@@ -6,15 +6,17 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::HOST;
+use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_http::RequestHeader;
+use sha2::{Digest, Sha256};
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
-use crate::authorize::Granted;
-use crate::config::Access;
+use crate::authorize::external::{self, Verdict};
+use crate::authorize::{self, Forbidden, Granted};
+use crate::config::{Access, OnError};
 use crate::identity::IdentityValues;
 use crate::metrics;
-use crate::rate_limit::{Caller, Verdict};
+use crate::rate_limit::{self, Caller};
 use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
 use crate::snapshot::{Action, BodyPolicy, Route, Snapshot};
@@ -41,7 +43,11 @@ pub struct Facts {
     /// The rule that admitted the request.
     pub granted: Option<Granted>,
     /// The rate-limit verdict, reported to the client in headers on every answer.
-    pub quota: Option<Verdict>,
+    pub quota: Option<rate_limit::Verdict>,
+    /// On a route in shadow mode, the first refusal that was not carried out.
+    pub shadowed: Option<Rejection>,
+    /// What the route's external decision point decided: `allow`, `deny`, `error`.
+    pub ext_authz: Option<&'static str>,
 }
 
 /// A request cleared to reach an upstream. Only admission makes one, so nothing can connect
@@ -50,6 +56,8 @@ pub struct Facts {
 pub struct Pass {
     upstream: UpstreamId,
     identity: Option<IdentityValues>,
+    /// Set by the external decision point.
+    decided_headers: Option<external::Headers>,
     normalized_path: Option<String>,
     affinity: Option<String>,
     websocket: bool,
@@ -64,6 +72,11 @@ impl Pass {
     /// The verified identity, as the upstream is told it.
     pub fn identity(&self) -> Option<&IdentityValues> {
         self.identity.as_ref()
+    }
+
+    /// Headers the external decision point set for the upstream.
+    pub fn decided_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        self.decided_headers.as_deref().unwrap_or_default()
     }
 
     /// The path as routed, when it differs from what the client sent.
@@ -128,53 +141,92 @@ async fn decide<'s>(
 
     // 2. Authenticate.
     if route.access == Access::Authenticated {
-        facts.principal = Some(authenticate(req, snap, route, client, facts).await?);
+        match authenticate(req, snap, route, client, facts).await {
+            Ok(p) => facts.principal = Some(p),
+            Err(r) => refuse(route, facts, r)?,
+        }
     }
-    let principal = facts.principal.as_deref();
+    let principal = facts.principal.clone();
+    let principal = principal.as_deref();
 
-    // 3. Authorize, and render the identity the upstream will see.
-    let identity = match principal {
+    // 3. Authorize on the local rules, and render the identity the upstream will see.
+    let request = authorize::Request {
+        method: &req.method,
+        path: &path,
+        headers: &req.headers,
+        client_ip: client.ip,
+        client_cert_subject: client.cert.and_then(|c| c.subject.as_deref()),
+    };
+    match route.policy.authorize(&request, principal) {
+        Ok(granted) => facts.granted = Some(granted),
+        Err(e) => {
+            metrics::authorization_denied(&route.name, e.reason());
+            refuse(route, facts, Rejection::Forbidden(e))?;
+        }
+    }
+    let identity = match principal.map(|p| snap.identity.render(p)) {
         None => None,
-        Some(p) => {
-            let granted = route.policy.authorize(&req.method, p).map_err(|e| {
-                metrics::authorization_denied(&route.name, e.reason());
-                Rejection::Forbidden(e)
-            })?;
-            facts.granted = Some(granted);
-            let values = snap.identity.render(p).map_err(|_| {
-                Rejection::Unauthorized(AuthError::InvalidClaim(
-                    "claim not representable in a header",
-                ))
-            })?;
-            Some(values)
+        Some(Ok(values)) => Some(values),
+        Some(Err(_)) => {
+            let e = AuthError::InvalidClaim("claim not representable in a header");
+            refuse(route, facts, Rejection::Unauthorized(e))?;
+            None
         }
     };
 
-    // 4. Rate-limit, per consumer of the caller's tier.
+    // 4. Ask the external decision point, once the local rules allowed.
+    let mut decided_headers = None;
+    if let (Some(ext), None) = (&route.ext_authz, &facts.shadowed) {
+        let question = external::Question {
+            route: &route.name,
+            method: &req.method,
+            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &req.headers,
+            identity: identity.as_ref().map(|i| i.headers()).unwrap_or_default(),
+            principal,
+            token_digest: principal
+                .and_then(|_| token_of(req, route, snap).ok())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            client_ip: client.ip,
+        };
+        let verdict = ext.decide(&question).await;
+        facts.ext_authz = Some(verdict.outcome());
+        match verdict {
+            Verdict::Allow(headers) => decided_headers = Some(headers),
+            Verdict::Deny(answer) => refuse(route, facts, Rejection::External(answer))?,
+            Verdict::Forbid => refuse(route, facts, Forbidden::ExternalDenied.into())?,
+            Verdict::Failed => match ext.on_error() {
+                OnError::Allow => {}
+                OnError::Deny => refuse(route, facts, Forbidden::ExternalUnavailable.into())?,
+            },
+        }
+    }
+
+    // 5. Rate-limit, per consumer of the caller's tier.
     if !snap.rate_limiter.is_empty() {
         let caller = Caller {
             principal,
             ip: client.ip,
         };
-        let verdict = snap
-            .rate_limiter
-            .check(&caller, route.limit_group)
-            .await
-            .map_err(Rejection::LimiterUnavailable)?;
-        if let Some(verdict) = verdict {
-            facts.quota = Some(verdict);
-            if !verdict.allowed() {
-                return Err(Rejection::Limited(verdict));
+        match snap.rate_limiter.check(&caller, route.limit_group).await {
+            Ok(Some(verdict)) => {
+                facts.quota = Some(verdict);
+                if !verdict.allowed() {
+                    refuse(route, facts, Rejection::Limited(verdict))?;
+                }
             }
+            Ok(None) => {}
+            Err(e) => refuse(route, facts, Rejection::LimiterUnavailable(e))?,
         }
     }
 
-    // 5. Hand over to the upstream, or answer directly.
+    // 6. Hand over to the upstream, or answer directly.
     Ok(match &route.action {
         Action::Respond(reply) => Decision::Respond(reply),
         Action::Forward(upstream) => Decision::Forward(Pass {
             upstream: *upstream,
             identity,
+            decided_headers,
             normalized_path: match path {
                 Cow::Owned(p) => Some(p),
                 Cow::Borrowed(_) => None,
@@ -187,6 +239,16 @@ async fn decide<'s>(
             body: route.body,
         }),
     })
+}
+
+/// Carries out a refusal, or, on a route in shadow mode, records it and goes on.
+fn refuse(route: &Route, facts: &mut Facts, rejection: Rejection) -> Result<(), Rejection> {
+    if route.enforce {
+        return Err(rejection);
+    }
+    metrics::shadow_refusal(&route.name, &super::audit::reason(&rejection, None));
+    facts.shadowed.get_or_insert(rejection);
+    Ok(())
 }
 
 async fn authenticate(

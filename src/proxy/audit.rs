@@ -12,32 +12,51 @@ use super::context::RequestCtx;
 use crate::authorize::Granted;
 use crate::clock;
 use crate::logs::{AccessRecord, AuditRecord};
+use crate::rate_limit::RateLimiter;
 use crate::respond::Rejection;
 
-/// The audit line of a decision: every refusal, and every admission of an authenticated
-/// request.
+/// Why a request was refused, as the audit log and metrics say it. With the rate limiter,
+/// a rate-limited request names its tier.
+pub fn reason(rejection: &Rejection, limiter: Option<&RateLimiter>) -> Cow<'static, str> {
+    match rejection {
+        Rejection::BadPath(e) => Cow::Owned(e.to_string()),
+        Rejection::NotFound => Cow::Borrowed("no_route"),
+        Rejection::Unauthorized(e) => Cow::Borrowed(e.reason()),
+        Rejection::Forbidden(e) => Cow::Borrowed(e.reason()),
+        Rejection::Limited(v) => match limiter {
+            Some(l) => Cow::Owned(format!("rate_limited:{}", l.tier_name(v))),
+            None => Cow::Borrowed("rate_limited"),
+        },
+        Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
+        Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
+        Rejection::External(_) => Cow::Borrowed("ext_authz_denied"),
+    }
+}
+
+/// The audit line of a decision: every refusal (carried out, or only logged on a route in
+/// shadow mode), and every admission of an authenticated request.
 pub fn decision(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Rejection>) {
     let snap = &ctx.snapshot;
     let Some(log) = &snap.logs.audit else {
         return;
     };
     let facts = &ctx.facts;
-    let (decision, status, reason) = match rejection {
+    let enforced = rejection.is_some() || facts.shadowed.is_none();
+    let (decision, status, reason, rule) = match rejection.or(facts.shadowed.as_ref()) {
         None if facts.principal.is_none() => return,
-        None => ("allow", None, Cow::Borrowed("ok")),
+        None => (
+            "allow",
+            None,
+            Cow::Borrowed("ok"),
+            facts.granted.map(Granted::rule),
+        ),
         Some(r) => {
-            let reason = match r {
-                Rejection::BadPath(e) => Cow::Owned(e.to_string()),
-                Rejection::NotFound => Cow::Borrowed("no_route"),
-                Rejection::Unauthorized(e) => Cow::Borrowed(e.reason()),
-                Rejection::Forbidden(e) => Cow::Borrowed(e.reason()),
-                Rejection::Limited(v) => {
-                    Cow::Owned(format!("rate_limited:{}", snap.rate_limiter.tier_name(v)))
-                }
-                Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
-                Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
+            let rule = match r {
+                Rejection::Forbidden(f) => f.rule(),
+                _ => None,
             };
-            ("deny", Some(r.status()), reason)
+            let reason = reason(r, Some(&snap.rate_limiter));
+            ("deny", Some(r.status()), reason, rule)
         }
     };
     let p = facts.principal.as_ref();
@@ -52,10 +71,9 @@ pub fn decision(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Reject
         decision,
         status,
         reason,
-        rule: facts.granted.map(|g| match g {
-            Granted::AnyPrincipal => "authenticated".to_string(),
-            Granted::Rule(i) => format!("allow[{i}]"),
-        }),
+        rule,
+        enforced: (!enforced).then_some(false),
+        ext_authz: facts.ext_authz,
         issuer: p.map(|p| &*p.issuer),
         subject: p.map(|p| p.subject.as_str()),
         client_id: p.and_then(|p| p.client_id.as_deref()),

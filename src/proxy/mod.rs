@@ -65,6 +65,10 @@ fn prepare_upstream_request(
     cert: Option<&ClientCert>,
     request_id: &http::HeaderValue,
 ) -> Result<()> {
+    // Before the identity headers, which a decision point's headers never override.
+    for (name, value) in forwarding.pass.decided_headers() {
+        req.insert_header(name.clone(), value.clone())?;
+    }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
     req.insert_header(request_id::HEADER, request_id.clone())?;
     if let Some(path) = forwarding.pass.take_normalized_path() {

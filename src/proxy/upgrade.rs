@@ -15,12 +15,13 @@ use super::context::{Forwarding, Held, RequestCtx};
 use super::failure::{self, UpstreamFailure};
 use super::prepare_upstream_request;
 use crate::authenticate::AuthError;
-use crate::authorize::Forbidden;
+use crate::authorize::{self, Forbidden};
 use crate::clock;
 use crate::config::Access;
 use crate::metrics;
 use crate::route;
 use crate::snapshot::SharedSnapshot;
+use crate::tls::ClientCert;
 use crate::upstream::Attempts;
 use crate::websocket::{self, handshake, registry::Registry, Relay, Renew};
 
@@ -124,7 +125,13 @@ pub async fn serve(
             .into_owned(),
         subject: principal.map(|p| p.subject.clone()).unwrap_or_default(),
         tenant: principal.and_then(|p| p.tenant.clone()),
-        cert: ctx.downstream.cert.as_ref().map(|c| c.sha256.clone()),
+        cert: ctx.downstream.cert.clone(),
+        client_ip: ctx.client_ip,
+        // Kept only when a rule reads them: a WebSocket lives long.
+        headers: match route {
+            Some(r) if r.policy.reads_headers() => session.req_header().headers.clone(),
+            _ => http::HeaderMap::new(),
+        },
         token: std::sync::Mutex::new(token),
     });
     // Nothing to renew on a public route: every message goes through.
@@ -161,7 +168,10 @@ struct Renewal {
     path: String,
     subject: String,
     tenant: Option<String>,
-    cert: Option<Vec<u8>>,
+    cert: Option<ClientCert>,
+    client_ip: std::net::IpAddr,
+    /// The upgrade request's headers, when the route's rules read headers.
+    headers: http::HeaderMap,
     /// The token the connection lives by now: the one it was opened with, or the last renewal.
     token: std::sync::Mutex<String>,
 }
@@ -198,15 +208,26 @@ impl Renewal {
             .ok_or(Unfit::NoRoute)?;
         let principal = snap
             .authenticator
-            .authenticate(token, route.issuers.as_deref(), self.cert.as_deref())
+            .authenticate(
+                token,
+                route.issuers.as_deref(),
+                self.cert.as_ref().map(|c| c.sha256.as_slice()),
+            )
             .await
             .map_err(Unfit::Token)?;
         if principal.subject != self.subject || principal.tenant != self.tenant {
             return Err(Unfit::OtherSubject);
         }
+        let request = authorize::Request {
+            method: &http::Method::GET,
+            path: &self.path,
+            headers: &self.headers,
+            client_ip: self.client_ip,
+            client_cert_subject: self.cert.as_ref().and_then(|c| c.subject.as_deref()),
+        };
         route
             .policy
-            .authorize(&http::Method::GET, &principal)
+            .authorize(&request, Some(&principal))
             .map_err(Unfit::Forbidden)?;
         Ok(clock::instant_of_unix(principal.valid_until))
     }

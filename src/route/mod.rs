@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use http::Method;
 
 pub use method::MethodSet;
-pub use path::{normalize, PathError};
+pub use path::{normalize, segment, PathError};
 use table::PathTable;
 pub use table::{parse_pattern, PathKind, Segment};
 

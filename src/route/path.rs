@@ -114,6 +114,13 @@ pub fn next_segment(body: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Segment `index` (from 0) of a normalized path, percent-decoded: what a backend reads as
+/// the value of a `{param}` there. `None` if the path is shorter.
+pub fn segment(path: &str, index: usize) -> Option<Cow<'_, [u8]>> {
+    let raw = path.strip_prefix('/')?.split('/').nth(index)?;
+    Some(percent_encoding::percent_decode_str(raw).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +156,20 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn segments_are_found_by_index_and_decoded() {
+        assert_eq!(
+            segment("/agencies/north/reports", 1).as_deref(),
+            Some(&b"north"[..])
+        );
+        assert_eq!(
+            segment("/a/caf%C3%A9", 1).as_deref(),
+            Some("café".as_bytes())
+        );
+        assert_eq!(segment("/a/b%20c/", 1).as_deref(), Some(&b"b c"[..]));
+        assert_eq!(segment("/a", 1), None);
     }
 
     #[test]

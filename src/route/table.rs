@@ -27,7 +27,7 @@ pub enum PathKind {
 pub enum Segment {
     Literal(Box<str>),
     /// `{name}`: any one non-empty segment.
-    Param,
+    Param(Box<str>),
 }
 
 /// Parses a configured path (already normalized) into segments.
@@ -53,8 +53,10 @@ pub fn parse_pattern(path: &str, kind: PathKind) -> Result<Vec<Segment>, String>
                     !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 })
                 .ok_or_else(|| format!("segment {head:?} is not a valid `{{name}}` parameter"))?;
-            let _ = name;
-            segments.push(Segment::Param);
+            if segments.contains(&Segment::Param(name.into())) {
+                return Err(format!("parameter {{{name}}} appears twice"));
+            }
+            segments.push(Segment::Param(name.into()));
         } else if head.contains(['{', '}']) {
             return Err(format!(
                 "segment {head:?}: a parameter must be a whole segment"
@@ -79,7 +81,8 @@ impl Node {
     fn child(&mut self, segment: &Segment) -> &mut Node {
         match segment {
             Segment::Literal(s) => self.literal.entry(s.clone()).or_default(),
-            Segment::Param => self.param.get_or_insert_with(Default::default),
+            // Templates that differ only in their parameters' names share a node.
+            Segment::Param(_) => self.param.get_or_insert_with(Default::default),
         }
     }
 }

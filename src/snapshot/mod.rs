@@ -125,11 +125,10 @@ impl Snapshot {
 
         let names = routes::Names {
             max_body_size: server.max_body_size,
-            authenticator: &authenticator,
             upstreams: &upstreams,
             groups: &groups,
         };
-        let router = routes::compile(&config.routes, &names)?;
+        let router = routes::compile(&config.routes, &names, &mut authenticator)?;
 
         Ok(Snapshot {
             source: source.path.clone(),

@@ -5,8 +5,9 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::authenticate::{Authenticator, IssuerId};
-use crate::authorize::{Policy, Rule};
-use crate::config::{Access, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
+use crate::authorize::external::ExtAuthz;
+use crate::authorize::{Policy, Rule, RuleContext};
+use crate::config::{Access, CallerKind, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
 use crate::rate_limit::{GroupId, Groups};
 use crate::respond::Reply;
 use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
@@ -27,6 +28,10 @@ pub struct Route {
     /// Issuers this route trusts; `None`: all.
     pub issuers: Option<Vec<IssuerId>>,
     pub policy: Policy,
+    /// `false`: shadow mode, refusals are logged and not carried out.
+    pub enforce: bool,
+    /// Asked after the local rules allow.
+    pub ext_authz: Option<ExtAuthz>,
     pub limit_group: Option<GroupId>,
     pub action: Action,
     /// Where a WebSocket upgrade's token may come from; `None`: the route takes no upgrades.
@@ -48,7 +53,6 @@ pub struct BodyPolicy {
 pub struct Names<'a> {
     /// `[server] max_body_size`.
     pub max_body_size: u64,
-    pub authenticator: &'a Authenticator,
     pub upstreams: &'a Upstreams,
     pub groups: &'a Groups,
 }
@@ -66,11 +70,17 @@ pub fn limit_groups(routes: &[RouteConf]) -> Result<Groups, Invalid> {
 }
 
 /// Compiles every route into a router.
-pub fn compile(routes: &[RouteConf], names: &Names<'_>) -> Result<Router<Route>, Invalid> {
+/// Claims that rules read are registered with `authenticator`.
+pub fn compile(
+    routes: &[RouteConf],
+    names: &Names<'_>,
+    authenticator: &mut Authenticator,
+) -> Result<Router<Route>, Invalid> {
     let mut router = Router::default();
     for (i, conf) in routes.iter().enumerate() {
         let at = KeyPath::root().key("routes").index(i);
-        let (route, (segments, kind, methods, host)) = Route::compile(conf, &at, names)?;
+        let (route, (segments, kind, methods, host)) =
+            Route::compile(conf, &at, names, authenticator)?;
         let key = RouteKey {
             host: host.as_deref(),
             segments: &segments,
@@ -101,6 +111,7 @@ impl Route {
         r: &RouteConf,
         at: &KeyPath,
         names: &Names<'_>,
+        authenticator: &mut Authenticator,
     ) -> Result<(Route, Placement), Invalid> {
         let err = |field: &str, m: &str| Invalid::new(at.key(field), m);
 
@@ -150,13 +161,9 @@ impl Route {
                 list.iter()
                     .enumerate()
                     .map(|(i, n)| {
-                        names.authenticator.find(n).ok_or_else(|| {
-                            let known: Vec<&str> = names
-                                .authenticator
-                                .issuers()
-                                .iter()
-                                .map(|i| &*i.name)
-                                .collect();
+                        authenticator.find(n).ok_or_else(|| {
+                            let known: Vec<&str> =
+                                authenticator.issuers().iter().map(|i| &*i.name).collect();
                             let m =
                                 format!("no issuer named {n:?} (defined: {})", known.join(", "));
                             Invalid::new(at.key("issuers"), m)
@@ -167,6 +174,34 @@ impl Route {
             ),
         };
 
+        let params: Vec<(&str, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                route::Segment::Param(name) => Some((&**name, i)),
+                route::Segment::Literal(_) => None,
+            })
+            .collect();
+        let cx = RuleContext { params: &params };
+        let mut deny = Vec::with_capacity(r.deny.len());
+        for (i, conf) in r.deny.iter().enumerate() {
+            let at = at.key("deny").index(i);
+            let rule = Rule::compile(conf, &at, &cx, authenticator)?;
+            if !rule.methods().overlaps(methods) {
+                return Err(Invalid::new(
+                    at.key("methods"),
+                    "can never match: the route takes none of these methods",
+                ));
+            }
+            if r.access == Access::Public && rule.needs_principal() {
+                return Err(Invalid::new(
+                    at,
+                    "can never match: a public route reads no token, so roles, scopes, \
+                     clients, claims, match and caller users/services never hold",
+                ));
+            }
+            deny.push(rule);
+        }
         let policy = match r.access {
             Access::Public => {
                 if !r.allow.is_empty() || issuers.is_some() || r.callers.is_some() {
@@ -175,30 +210,41 @@ impl Route {
                         "a public route takes no `allow` rules, `issuers` or `callers`",
                     ));
                 }
-                Policy::default()
+                Policy {
+                    deny,
+                    ..Policy::default()
+                }
             }
             Access::Authenticated => {
-                if names.authenticator.issuers().is_empty() {
+                if authenticator.issuers().is_empty() {
                     return Err(err(
                         "access",
                         "authenticated routes need at least one [issuers.NAME]",
                     ));
                 }
-                let mut rules = Vec::with_capacity(r.allow.len());
-                for rule in &r.allow {
-                    rules.push(Rule {
-                        methods: MethodSet::parse(rule.methods.as_deref())
-                            .map_err(|e| err("methods", &e))?,
-                        roles: rule.roles.iter().map(|s| s.as_str().into()).collect(),
-                        scopes: rule.scopes.iter().map(|s| s.as_str().into()).collect(),
-                    });
+                let mut allow = Vec::with_capacity(r.allow.len());
+                for (i, conf) in r.allow.iter().enumerate() {
+                    let at = at.key("allow").index(i);
+                    if conf.caller == Some(CallerKind::Anonymous) {
+                        return Err(Invalid::new(
+                            at.key("caller"),
+                            "can never match: an authenticated route has no anonymous callers",
+                        ));
+                    }
+                    allow.push(Rule::compile(conf, &at, &cx, authenticator)?);
                 }
                 Policy {
                     callers: r.callers.unwrap_or(RouteCallers::Users),
-                    rules,
+                    allow,
+                    deny,
                 }
             }
         };
+        let ext_authz = r
+            .ext_authz
+            .as_ref()
+            .map(|conf| ExtAuthz::compile(conf, &at.key("ext_authz")))
+            .transpose()?;
 
         let websocket = match &r.websocket {
             None => None,
@@ -222,6 +268,8 @@ impl Route {
             access: r.access,
             issuers,
             policy,
+            enforce: r.enforce,
+            ext_authz,
             limit_group: r.limit_group.as_deref().and_then(|g| names.groups.find(g)),
             action,
             websocket,

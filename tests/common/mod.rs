@@ -266,6 +266,39 @@ impl Echo {
     }
 }
 
+/// An external decision point (see `authz` in tests/support/http_fixture.py).
+pub struct Authz {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Authz {
+    pub fn start() -> Authz {
+        let port = free_port();
+        let proc = python(&["authz", &port.to_string()]);
+        wait_for_port(port, "decision point");
+        Authz { port, _proc: proc }
+    }
+
+    /// How many decisions it was asked for.
+    pub async fn calls(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/__calls", self.port);
+        get(&url, None)
+            .await
+            .body
+            .trim()
+            .parse()
+            .expect("calls count")
+    }
+
+    /// The headers of the last question, and `:path`, `:method`.
+    pub async fn last(&self) -> serde_json::Value {
+        get(&format!("http://127.0.0.1:{}/__last", self.port), None)
+            .await
+            .json()
+    }
+}
+
 /// A static file server standing in for an identity provider's JWKS endpoint.
 pub struct FileServer {
     pub port: u16,

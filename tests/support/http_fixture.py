@@ -6,6 +6,17 @@
   http_fixture.py tls-echo PORT CERT KEY [CLIENT_CA]
                                   the same over TLS; with CLIENT_CA, a client certificate
                                   signed by it is required
+  http_fixture.py authz PORT      an external decision point. As an HTTP authorization
+                                  service (any path but /v1/data/...), it decides by the
+                                  X-Test-Decision header: deny (403 with a JSON body),
+                                  unauth (401), error (500), slow (2 s, then allow),
+                                  slow-allow (300 ms, then allow); otherwise it allows and
+                                  sets X-Authz-Tenant and X-Not-Forwarded. As OPA
+                                  (POST /v1/data/...): allows with header X-Opa when
+                                  input.caller.roles holds "reader", answers {} when the
+                                  path holds "undefined", else false.
+                                  GET /__calls: decision calls so far; GET /__last: the
+                                  headers of the last one.
   http_fixture.py files PORT DIR  serves files from DIR, counting requests per path;
                                   GET /__hits?path=/x returns the count for /x.
                                   A file X.cache-control next to X sets Cache-Control.
@@ -89,10 +100,68 @@ class Files(BaseHTTPRequestHandler):
         self.reply(200, body, extra)
 
 
+class Authz(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    calls = 0
+    last = {}
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def handle_any(self):
+        path = urlsplit(self.path).path
+        if path in ("/__calls", "/__last"):
+            with LOCK:
+                out = Authz.calls if path == "/__calls" else Authz.last
+            return self.reply(200, json.dumps(out).encode())
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        with LOCK:
+            Authz.calls += 1
+            Authz.last = {k.lower(): v for k, v in self.headers.items()}
+            Authz.last[":path"] = self.path
+            Authz.last[":method"] = self.command
+        if path.startswith("/v1/data/"):
+            data = json.loads(body)["input"]
+            if "undefined" in data["path"]:
+                return self.reply(200, b"{}")
+            caller = data.get("caller") or {}
+            if "reader" in caller.get("roles", []):
+                result = {"allow": True, "headers": {"x-opa": "yes"}}
+            else:
+                result = False
+            return self.reply(200, json.dumps({"result": result}).encode())
+        decision = self.headers.get("X-Test-Decision", "")
+        if decision == "deny":
+            return self.reply(403, b'{"error":"blocked by policy"}',
+                              [("Content-Type", "application/json"), ("X-Secret", "no")])
+        if decision == "unauth":
+            return self.reply(401, b"log in first", [("WWW-Authenticate", 'Bearer realm="authz"')])
+        if decision == "error":
+            return self.reply(500, b"oops")
+        if decision == "slow":
+            time.sleep(2)
+        if decision == "slow-allow":
+            time.sleep(0.3)
+        self.reply(200, b"", [("X-Authz-Tenant", "from-authz"), ("X-Not-Forwarded", "x")])
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
+
+
 def main():
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode in ("echo", "tls-echo"):
         handler = Echo
+    elif mode == "authz":
+        handler = Authz
     else:
         Files.root = sys.argv[3]
         handler = Files
