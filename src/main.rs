@@ -21,6 +21,7 @@ use portcullis::runtime::health_check::HealthChecker;
 use portcullis::runtime::key_refresh::KeyRefresher;
 use portcullis::runtime::lifecycle::{Exit, Lifecycle, Ready, Signals};
 use portcullis::runtime::reload::{catch_sighup, Reloader};
+use portcullis::snapshot::explain::{Credential, QuestionText};
 use portcullis::snapshot::Snapshot;
 use portcullis::token::{self, TokenSpec};
 use portcullis::websocket::registry::Registry;
@@ -49,6 +50,9 @@ enum Command {
         #[arg(short = 'c', long = "conf")]
         conf: PathBuf,
     },
+    /// Explain what the gateway would do with a request: the route (and near misses), the
+    /// token check, the deciding rule, the rate-limit tier and consumer, the upstream headers.
+    Explain(ExplainArgs),
     /// Mint a signed token from a private key (development and tests).
     Token(Box<TokenArgs>),
     /// Print the public JWKS of a private key.
@@ -73,6 +77,31 @@ struct RunArgs {
     /// Take over the listening sockets of a running instance (zero-downtime upgrade).
     #[arg(short, long)]
     upgrade: bool,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[arg(short = 'c', long = "conf")]
+    conf: PathBuf,
+    /// A token to check as the gateway would (keys are fetched as at start).
+    #[arg(long, conflicts_with = "claims")]
+    token: Option<String>,
+    /// A JSON object of claims, checked as a token's would be but for the signature.
+    #[arg(long)]
+    claims: Option<String>,
+    /// The client address the rules and rate limits see. Default: 127.0.0.1.
+    #[arg(long)]
+    client_ip: Option<String>,
+    /// A request header, `Name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Print JSON, as the admin listener's `POST /explain` answers.
+    #[arg(long)]
+    json: bool,
+    /// GET, POST …
+    method: String,
+    /// `/path?query`, or an absolute URL whose host counts as `Host`.
+    url: String,
 }
 
 #[derive(Args)]
@@ -141,6 +170,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
+        Some(Command::Explain(args)) => explain(args),
         Some(Command::Token(args)) => mint(*args),
         Some(Command::Jwks { key, alg, kid }) => {
             match token::load_key(&key, alg).and_then(|k| token::jwks(&k, alg, &kid)) {
@@ -189,6 +219,57 @@ fn check(conf: &Path) -> ExitCode {
         }
         Err(e) => fail(e.to_string()),
     }
+}
+
+fn explain(a: ExplainArgs) -> ExitCode {
+    let claims = match a.claims.as_deref().map(serde_json::from_str).transpose() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("--claims: not JSON: {e}")),
+    };
+    let question = QuestionText {
+        method: a.method,
+        url: a.url,
+        headers: a.headers,
+        token: a.token,
+        claims,
+        client_ip: a.client_ip,
+    };
+    let question = match question.parse() {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let snapshot = match Snapshot::load(&a.conf, None) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start a runtime: {e}")),
+    };
+    let explanation = runtime.block_on(async {
+        // Keys as the gateway loads them at start, for a token to be checked.
+        if matches!(question.credential, Credential::Token(_) | Credential::None) {
+            let loads = snapshot.authenticator.issuers().iter().map(|i| {
+                let keys = i.keys.clone();
+                async move { keys.refresh_if_due().await }
+            });
+            let all = futures_util::future::join_all(loads);
+            let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+        }
+        snapshot.explain(&question).await
+    });
+    if a.json {
+        match serde_json::to_string_pretty(&explanation) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        print!("{}", explanation.to_text());
+    }
+    ExitCode::SUCCESS
 }
 
 fn mint(a: TokenArgs) -> ExitCode {

@@ -27,6 +27,11 @@ tenant = "agency_id"
 "#;
 
 fn gateway(echo: &Echo, authz: &Authz, audit: &std::path::Path) -> Gateway {
+    gateway_with(echo, authz, audit, "")
+}
+
+/// The test config, with `extra` at its end.
+fn gateway_with(echo: &Echo, authz: &Authz, audit: &std::path::Path, extra: &str) -> Gateway {
     Gateway::start(&format!(
         r#"
 [logging]
@@ -152,7 +157,7 @@ kind = "opa"
 url = "http://127.0.0.1:{authz}/v1/data/portcullis/allow"
 upstream_headers = ["x-opa"]
 cache_ttl = "0s"
-"#,
+{extra}"#,
         audit = audit.display(),
         echo = echo.port,
         authz = authz.port,
@@ -483,4 +488,146 @@ async fn identical_questions_in_flight_share_one_call() {
     let other: Vec<_> = statuses.iter().filter(|s| **s != Ok(200)).take(5).collect();
     assert_eq!(ok, 500, "after {:?}: {other:?}", started.elapsed());
     assert_eq!(authz.calls().await, 1);
+}
+
+/// `portcullis explain` on the test config; its standard output.
+fn explain(gw: &Gateway, args: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .arg("explain")
+        .arg("-c")
+        .arg(&gw.conf)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn explain_answers_on_the_command_line_and_the_admin_listener() {
+    let (echo, authz) = (Echo::start(), Authz::start());
+    let admin_port = common::free_port();
+    let logs = tempfile::tempdir().unwrap();
+    // The test config with an admin listener and the agents route of the other tests.
+    let extra = format!(
+        "\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[[routes]]\nname = \"agents\"\npath = \"/agents/{{id}}\"\nupstream = \"backend\"\naccess = \"authenticated\"\n[[routes.allow]]\nmethods = [\"GET\"]\nroles = [\"agent\", \"supervisor\"]\n[[routes.allow]]\nmethods = [\"POST\", \"PUT\", \"DELETE\"]\nroles = [\"supervisor\"]\n"
+    );
+    let gw = gateway_with(&echo, &authz, &logs.path().join("audit.log"), &extra);
+
+    // The agent / supervisor × method table, from tokens checked as the gateway checks them.
+    let agent = rsa_token("a-1", "agent", &["--azp", "portal"]);
+    let supervisor = rsa_token("s-1", "supervisor", &[]);
+    let table = [
+        (&agent, "GET", "allow 200 ok by allow[0]"),
+        (&agent, "POST", "deny 403 insufficient_role_or_scope"),
+        (&agent, "DELETE", "deny 403 insufficient_role_or_scope"),
+        (&agent, "PATCH", "deny 403 method_not_allowed"),
+        (&supervisor, "GET", "allow 200 ok by allow[0]"),
+        (&supervisor, "PUT", "allow 200 ok by allow[1]"),
+        (&supervisor, "DELETE", "allow 200 ok by allow[1]"),
+    ];
+    for (token, method, expected) in table {
+        let out = explain(&gw, &["--token", token, method, "/agents/7"]);
+        assert!(
+            out.contains(&format!("decision:  {expected}\n")),
+            "{method}: {out}"
+        );
+        assert!(out.contains("route:     agents (routes["), "{out}");
+        assert!(
+            !out.contains(token.as_str()),
+            "the token was printed: {out}"
+        );
+    }
+    let out = explain(&gw, &["--token", &agent, "GET", "/agents/7"]);
+    assert!(
+        out.contains("token:     accepted: issuer idp, subject a-1, user"),
+        "{out}"
+    );
+    assert!(out.contains("client portal"), "{out}");
+    assert!(out.contains("  header:  x-user-id: a-1"), "{out}");
+    assert!(out.contains("upstream:  backend"), "{out}");
+
+    // A rejected token: which check failed, and no upstream.
+    let expired = rsa_token("a-1", "agent", &["--issued-ago", "2h"]);
+    let out = explain(&gw, &["--token", &expired, "GET", "/agents/7"]);
+    assert!(out.contains("token:     refused: expired"), "{out}");
+    assert!(out.contains("decision:  deny 401 expired"), "{out}");
+    assert!(!out.contains("upstream:"), "{out}");
+    assert!(!out.contains(&expired), "{out}");
+
+    // Claims instead of a token; deny rules; near misses; tenant matches.
+    let claims = r#"{"iss":"https://idp.test","aud":"api","sub":"root","exp":4102444800,"realm_access":{"roles":["admin"]}}"#;
+    let out = explain(&gw, &["--claims", claims, "DELETE", "/agents/bulk"]);
+    assert!(
+        out.contains("decision:  deny 403 denied_by_rule by deny[0]"),
+        "{out}"
+    );
+    assert!(out.contains("signature not checked"), "{out}");
+    let out = explain(
+        &gw,
+        &[
+            "--claims",
+            claims,
+            "--client-ip",
+            "10.2.3.4",
+            "DELETE",
+            "/agents/bulk",
+        ],
+    );
+    assert!(out.contains("decision:  allow 200 ok by allow[0]"), "{out}");
+    assert!(out.contains("not:     agents (routes["), "{out}");
+    let north = supervisor_token_claims("north");
+    let out = explain(&gw, &["--claims", &north, "GET", "/agencies/south/reports"]);
+    assert!(
+        out.contains("decision:  deny 403 insufficient_role_or_scope"),
+        "{out}"
+    );
+    let out = explain(&gw, &["--claims", &north, "GET", "/agencies/north/reports"]);
+    assert!(out.contains("decision:  allow 200 ok by allow[0]"), "{out}");
+    let out = explain(&gw, &["GET", "/nowhere"]);
+    assert!(
+        out.contains("route:     none matches") && out.contains("deny 404 no_route"),
+        "{out}"
+    );
+
+    // The admin listener answers the same as JSON, from the running config.
+    let url = format!("http://127.0.0.1:{admin_port}/explain");
+    let mut answered = None;
+    for _ in 0..100 {
+        let body = serde_json::json!({"method": "GET", "url": "/agents/7", "token": agent});
+        let r = common::client().post(&url).json(&body).send().await;
+        if let Ok(r) = r {
+            answered = Some((r.status().as_u16(), r.text().await.unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = answered.expect("the admin listener answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(&agent), "the token was printed: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["route"]["name"], "agents");
+    assert_eq!(v["token"]["subject"], "a-1");
+    assert_eq!(v["decision"]["outcome"], "allow");
+    assert_eq!(v["decision"]["rule"], "allow[0]");
+    assert_eq!(v["upstream"]["identity_headers"]["x-user-id"], "a-1");
+    let bad = common::client()
+        .post(&url)
+        .body(r#"{"method": "GET"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+fn supervisor_token_claims(agency: &str) -> String {
+    serde_json::json!({
+        "iss": "https://idp.test", "aud": "api", "sub": "s-2", "exp": 4102444800u64,
+        "azp": "portal", "agency_id": agency, "realm_access": {"roles": ["supervisor"]},
+    })
+    .to_string()
 }

@@ -418,6 +418,26 @@ impl RateLimiter {
     }
 
     /// The tier a verdict was reached in, for logs.
+    /// Which tier and consumer a caller counts against on a route of `group`, without
+    /// counting anything (for `explain`): (tier, consumer, limits as `N/period`).
+    pub fn classify(
+        &self,
+        caller: &Caller<'_>,
+        group: Option<GroupId>,
+    ) -> Option<(&str, String, Vec<String>)> {
+        let tier = self.tiers.iter().find(|t| t.matches(caller))?;
+        let set = tier.limit_set(group);
+        let limits = set
+            .limits
+            .iter()
+            .map(|l| {
+                let period = std::time::Duration::from_micros(l.period);
+                format!("{} per {}", l.count, humantime::format_duration(period))
+            })
+            .collect();
+        Some((&tier.name, tier.consumer(caller).into_owned(), limits))
+    }
+
     pub fn tier_name(&self, verdict: &Verdict) -> &str {
         self.tiers.get(verdict.tier).map_or("", |t| &t.name)
     }

@@ -35,6 +35,55 @@ pub struct RouteKey<'a> {
     pub methods: MethodSet,
 }
 
+/// Where a route applies, as configured: for explaining a lookup route by route.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// Lower-case host, if the route is bound to one.
+    pub host: Option<Box<str>>,
+    pub segments: Vec<Segment>,
+    pub kind: PathKind,
+    pub methods: MethodSet,
+}
+
+impl Pattern {
+    /// Where the route lands in a [`Router`].
+    pub fn key(&self) -> RouteKey<'_> {
+        RouteKey {
+            host: self.host.as_deref(),
+            segments: &self.segments,
+            kind: self.kind,
+            methods: self.methods,
+        }
+    }
+
+    /// Whether a normalized path is one this route takes, whatever the host and method.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = body.split('/');
+        for segment in &self.segments {
+            match (segment, parts.next()) {
+                (Segment::Literal(l), Some(p)) if **l == *p => {}
+                (Segment::Param(_), Some(p)) if !p.is_empty() => {}
+                _ => return false,
+            }
+        }
+        match self.kind {
+            PathKind::Prefix => true,
+            PathKind::Exact => parts.next().is_none(),
+        }
+    }
+
+    /// Whether a request's `Host` (any case, port allowed) is one this route takes.
+    pub fn matches_host(&self, host: Option<&str>) -> bool {
+        match &self.host {
+            None => true,
+            Some(h) => host.is_some_and(|r| strip_port(r).eq_ignore_ascii_case(h)),
+        }
+    }
+}
+
 impl<R> Default for Router<R> {
     fn default() -> Self {
         Self {

@@ -9,6 +9,8 @@
 //! * `GET /websockets`: how many WebSockets are open.
 //! * `POST /websockets/evict` with `{"subject": "…"}`: ends that subject's WebSockets (Close
 //!   4003) here and, when Redis is configured, on every other instance.
+//! * `POST /explain` with `{"method", "url", "headers": ["Name: value"], "token" | "claims",
+//!   "client_ip"}`: what the running config would do with that request, as JSON.
 
 use std::sync::Arc;
 
@@ -20,10 +22,11 @@ use pingora_core::protocols::http::ServerSession;
 use super::eviction::Eviction;
 use super::lifecycle::Lifecycle;
 use crate::metrics;
+use crate::snapshot::explain::QuestionText;
 use crate::snapshot::SharedSnapshot;
 
-/// Largest request body the admin listener reads.
-const MAX_BODY: usize = 4096;
+/// Largest request body the admin listener reads: room for a token and its headers.
+const MAX_BODY: usize = 16 * 1024;
 
 pub struct Admin {
     config: SharedSnapshot,
@@ -51,28 +54,10 @@ impl Admin {
     }
 
     async fn evict(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
-        if session.req_header().method != http::Method::POST {
-            let e = serde_json::json!({"error": "method_not_allowed", "allowed": "POST"});
-            return json(StatusCode::METHOD_NOT_ALLOWED, e);
-        }
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_BODY => {
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(Some(_)) => {
-                    let e = serde_json::json!({"error": "body_too_large", "limit": MAX_BODY});
-                    return json(StatusCode::PAYLOAD_TOO_LARGE, e);
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let e =
-                        serde_json::json!({"error": "unreadable_body", "detail": e.to_string()});
-                    return json(StatusCode::BAD_REQUEST, e);
-                }
-            }
-        }
+        let body = match read_post(session).await {
+            Ok(b) => b,
+            Err(answer) => return answer,
+        };
         let request = match serde_json::from_slice::<EvictRequest>(&body) {
             Ok(r) if !r.subject.is_empty() => r,
             Ok(_) => {
@@ -100,6 +85,32 @@ impl Admin {
         json(StatusCode::OK, body)
     }
 
+    async fn explain(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
+        let body = match read_post(session).await {
+            Ok(b) => b,
+            Err(answer) => return answer,
+        };
+        let question = serde_json::from_slice::<QuestionText>(&body)
+            .map_err(|e| e.to_string())
+            .and_then(QuestionText::parse);
+        let question = match question {
+            Ok(q) => q,
+            Err(detail) => {
+                let e = serde_json::json!({"error": "invalid_body", "detail": detail});
+                return json(StatusCode::BAD_REQUEST, e);
+            }
+        };
+        let snapshot = self.config.load_full();
+        let explanation = snapshot.explain(&question).await;
+        match serde_json::to_value(&explanation) {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        }
+    }
+
     fn readiness(&self) -> (StatusCode, Vec<u8>) {
         let mut reasons = Vec::new();
         if self.lifecycle.is_draining() {
@@ -119,6 +130,31 @@ impl Admin {
 }
 
 const JSON: &str = "application/json";
+
+/// The body of a POST, bounded; otherwise the answer to give.
+async fn read_post(session: &mut ServerSession) -> Result<Vec<u8>, (StatusCode, Vec<u8>)> {
+    if session.req_header().method != http::Method::POST {
+        let e = serde_json::json!({"error": "method_not_allowed", "allowed": "POST"});
+        return Err(json(StatusCode::METHOD_NOT_ALLOWED, e));
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_BODY => {
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(_)) => {
+                let e = serde_json::json!({"error": "body_too_large", "limit": MAX_BODY});
+                return Err(json(StatusCode::PAYLOAD_TOO_LARGE, e));
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                let e = serde_json::json!({"error": "unreadable_body", "detail": e.to_string()});
+                return Err(json(StatusCode::BAD_REQUEST, e));
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl ServeHttp for Admin {
@@ -145,6 +181,10 @@ impl ServeHttp for Admin {
             }
             "/websockets/evict" => {
                 let (status, body) = self.evict(session).await;
+                (status, JSON, body)
+            }
+            "/explain" => {
+                let (status, body) = self.explain(session).await;
                 (status, JSON, body)
             }
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

@@ -5,6 +5,7 @@
 //! snapshot is shared through one `ArcSwap`; each request takes one `Arc` of it and sees one
 //! consistent config from start to end.
 
+pub mod explain;
 mod routes;
 mod server;
 

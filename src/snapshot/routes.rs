@@ -10,7 +10,7 @@ use crate::authorize::{Policy, Rule, RuleContext};
 use crate::config::{Access, CallerKind, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
 use crate::rate_limit::{GroupId, Groups};
 use crate::respond::Reply;
-use crate::route::{self, MethodSet, PathKind, RouteKey, Router};
+use crate::route::{self, MethodSet, PathKind, Router};
 use crate::upstream::{UpstreamId, Upstreams};
 
 /// What a matched route does with an admitted request.
@@ -24,6 +24,8 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Route {
     pub name: Box<str>,
+    /// Where it applies.
+    pub pattern: route::Pattern,
     pub access: Access,
     /// Issuers this route trusts; `None`: all.
     pub issuers: Option<Vec<IssuerId>>,
@@ -79,16 +81,10 @@ pub fn compile(
     let mut router = Router::default();
     for (i, conf) in routes.iter().enumerate() {
         let at = KeyPath::root().key("routes").index(i);
-        let (route, (segments, kind, methods, host)) =
-            Route::compile(conf, &at, names, authenticator)?;
-        let key = RouteKey {
-            host: host.as_deref(),
-            segments: &segments,
-            kind,
-            methods,
-        };
-        router.add(key, route).map_err(|other| {
-            let field = match kind {
+        let route = Route::compile(conf, &at, names, authenticator)?;
+        let pattern = route.pattern.clone();
+        router.add(pattern.key(), route).map_err(|other| {
+            let field = match pattern.kind {
                 PathKind::Exact => "path",
                 PathKind::Prefix => "path_prefix",
             };
@@ -102,9 +98,6 @@ pub fn compile(
     Ok(router)
 }
 
-/// Where a route goes in the router: segments, kind, methods, host.
-type Placement = (Vec<route::Segment>, PathKind, MethodSet, Option<String>);
-
 impl Route {
     /// Compiles `[[routes]]` element `at`.
     fn compile(
@@ -112,7 +105,7 @@ impl Route {
         at: &KeyPath,
         names: &Names<'_>,
         authenticator: &mut Authenticator,
-    ) -> Result<(Route, Placement), Invalid> {
+    ) -> Result<Route, Invalid> {
         let err = |field: &str, m: &str| Invalid::new(at.key(field), m);
 
         let (raw_path, kind, field) = match (&r.path, &r.path_prefix) {
@@ -263,8 +256,14 @@ impl Route {
             Some(ws) => Some(ws.token_from.clone()),
         };
 
-        let route = Route {
+        Ok(Route {
             name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
+            pattern: route::Pattern {
+                host: host.map(Into::into),
+                segments,
+                kind,
+                methods,
+            },
             access: r.access,
             issuers,
             policy,
@@ -277,7 +276,6 @@ impl Route {
                 max: r.max_body_size.unwrap_or(names.max_body_size),
                 buffer: r.request_buffering,
             },
-        };
-        Ok((route, (segments, kind, methods, host)))
+        })
     }
 }
