@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_http::RequestHeader;
-use sha2::{Digest, Sha256};
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
 use crate::authorize::external::{self, Verdict};
@@ -177,6 +176,7 @@ async fn decide<'s>(
     // 4. Ask the external decision point, once the local rules allowed.
     let mut decided_headers = None;
     if let (Some(ext), None) = (&route.ext_authz, &facts.shadowed) {
+        let token = principal.and_then(|_| token_of(req, route, snap).ok());
         let question = external::Question {
             route: &route.name,
             method: &req.method,
@@ -184,9 +184,7 @@ async fn decide<'s>(
             headers: &req.headers,
             identity: identity.as_ref().map(|i| i.headers()).unwrap_or_default(),
             principal,
-            token_digest: principal
-                .and_then(|_| token_of(req, route, snap).ok())
-                .map(|t| Sha256::digest(t.as_bytes()).into()),
+            token: token.as_deref(),
             client_ip: client.ip,
         };
         let verdict = ext.decide(&question).await;

@@ -376,13 +376,16 @@ impl Snapshot {
             }
         }
 
-        // Rate limit: the tier and consumer this caller counts against.
+        // Rate limit, reached by a request not refused before (or not refused for real): the
+        // tier and consumer the caller counts against.
         let caller = Caller {
             principal: principal.as_deref(),
             ip: q.client_ip,
         };
-        if let Some((tier, consumer, limits)) =
-            self.rate_limiter.classify(&caller, route.limit_group)
+        let reached = refusal.is_none() || !route.enforce;
+        if let Some((tier, consumer, limits)) = reached
+            .then(|| self.rate_limiter.classify(&caller, route.limit_group))
+            .flatten()
         {
             out.rate_limit = Some(RateLimitFacts {
                 tier: tier.to_string(),
