@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, get, metric, rsa_token, Echo, FileServer, Gateway};
+use common::{free_port, get, json_lines, metric, rsa_token, Echo, FileServer, Gateway};
 
 const ISSUER: &str = r#"
 [issuers.idp]
@@ -20,14 +20,6 @@ tenant = "agency_id"
 
 fn admin(port: u16) -> String {
     format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n")
-}
-
-fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Polls `f` until it holds, for up to `limit`.

@@ -606,6 +606,15 @@ pub async fn send_from(
     exchange(&client, "GET", url, bearer, headers).await
 }
 
+/// The lines of a JSON-lines log (the access and audit logs), parsed.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// The value of one Prometheus sample from an admin listener, e.g.
 /// `portcullis_rate_limit_decisions_total{outcome="allowed",tier="users"}`; 0 when absent.
 pub async fn metric(admin_port: u16, sample: &str) -> f64 {
