@@ -10,7 +10,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_http::RequestHeader;
 
 use crate::authenticate::{bearer_token, AuthError, Principal};
-use crate::authorize::external::{self, Verdict};
+use crate::authorize::external::{self, ExtAuthz, Verdict};
 use crate::authorize::{self, Forbidden, Granted};
 use crate::config::{Access, OnError};
 use crate::identity::IdentityValues;
@@ -174,31 +174,12 @@ async fn decide<'s>(
     };
 
     // 4. Ask the external decision point, once the local rules allowed.
-    let mut decided_headers = None;
-    if let (Some(ext), None) = (&route.ext_authz, &facts.shadowed) {
-        let token = principal.and_then(|_| token_of(req, route, snap).ok());
-        let question = external::Question {
-            route: &route.name,
-            method: &req.method,
-            path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
-            headers: &req.headers,
-            identity: identity.as_ref().map(|i| i.headers()).unwrap_or_default(),
-            principal,
-            token: token.as_deref(),
-            client_ip: client.ip,
-        };
-        let verdict = ext.decide(&question).await;
-        facts.ext_authz = Some(verdict.outcome());
-        match verdict {
-            Verdict::Allow(headers) => decided_headers = Some(headers),
-            Verdict::Deny(answer) => refuse(route, facts, Rejection::External(answer))?,
-            Verdict::Forbid => refuse(route, facts, Forbidden::ExternalDenied.into())?,
-            Verdict::Failed => match ext.on_error() {
-                OnError::Allow => {}
-                OnError::Deny => refuse(route, facts, Forbidden::ExternalUnavailable.into())?,
-            },
+    let decided_headers = match (&route.ext_authz, &facts.shadowed) {
+        (Some(ext), None) => {
+            consult(ext, req, snap, route, client, identity.as_ref(), facts).await?
         }
-    }
+        _ => None,
+    };
 
     // 5. Rate-limit, per consumer of the caller's tier.
     if !snap.rate_limiter.is_empty() {
@@ -237,6 +218,43 @@ async fn decide<'s>(
             body: route.body,
         }),
     })
+}
+
+/// The external decision point's verdict on an admitted request: the headers it sets for the
+/// upstream, or a refusal.
+async fn consult(
+    ext: &ExtAuthz,
+    req: &RequestHeader,
+    snap: &Snapshot,
+    route: &Route,
+    client: &Client<'_>,
+    identity: Option<&IdentityValues>,
+    facts: &mut Facts,
+) -> Result<Option<external::Headers>, Rejection> {
+    let principal = facts.principal.as_deref();
+    let token = principal.and_then(|_| token_of(req, route, snap).ok());
+    let question = external::Question {
+        route: &route.name,
+        method: &req.method,
+        path_and_query: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &req.headers,
+        identity: identity.map(|i| i.headers()).unwrap_or_default(),
+        principal,
+        token: token.as_deref(),
+        client_ip: client.ip,
+    };
+    let verdict = ext.decide(&question).await;
+    facts.ext_authz = Some(verdict.outcome());
+    match verdict {
+        Verdict::Allow(headers) => return Ok(Some(headers)),
+        Verdict::Deny(answer) => refuse(route, facts, Rejection::External(answer))?,
+        Verdict::Forbid => refuse(route, facts, Forbidden::ExternalDenied.into())?,
+        Verdict::Failed => match ext.on_error() {
+            OnError::Allow => {}
+            OnError::Deny => refuse(route, facts, Forbidden::ExternalUnavailable.into())?,
+        },
+    }
+    Ok(None)
 }
 
 /// Carries out a refusal, or, on a route in shadow mode, records it and goes on.
