@@ -333,3 +333,43 @@ async fn upstreams_are_reached_over_mutual_tls() {
     let log = gw.log();
     assert!(log.contains("upstream backend: 502"), "{log}");
 }
+
+#[tokio::test]
+async fn rules_can_require_a_client_certificate_subject() {
+    let pki = Pki::new();
+    let port = free_port();
+    let rest = r#"
+[[routes]]
+path = "/jobs"
+access = "authenticated"
+respond = { body = "jobs" }
+[[routes.allow]]
+client_cert_subject = ["CN=reports-job,O=Acme\\, Inc."]
+
+# Without a token, a deny rule on the certificate still applies.
+[[routes]]
+path = "/status"
+access = "public"
+respond = { body = "up" }
+[[routes.deny]]
+client_cert_subject = ["CN=reports-job,O=Acme\\, Inc."]
+"#;
+    let _gw = edge(&pki, "optional", port, rest);
+    common::wait_for_port(port, "TLS listener");
+    let token = rsa_token("job", "", &[]);
+    let status = |identity: Option<&'static str>, path: &'static str| {
+        let client = pki.client(identity);
+        let token = token.clone();
+        async move {
+            let url = format!("https://localhost:{port}{path}");
+            let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(status(Some("client"), "/jobs").await, 200);
+    assert_eq!(status(Some("gateway"), "/jobs").await, 403);
+    assert_eq!(status(None, "/jobs").await, 403);
+    assert_eq!(status(Some("client"), "/status").await, 403);
+    assert_eq!(status(Some("gateway"), "/status").await, 200);
+    assert_eq!(status(None, "/status").await, 200);
+}
