@@ -53,6 +53,8 @@ enum Command {
     /// Explain what the gateway would do with a request: the route (and near misses), the
     /// token check, the deciding rule, the rate-limit tier and consumer, the upstream headers.
     Explain(ExplainArgs),
+    /// Print the JSON Schema of the config file (as in conf/portcullis.schema.json).
+    Schema,
     /// Mint a signed token from a private key (development and tests).
     Token(Box<TokenArgs>),
     /// Print the public JWKS of a private key.
@@ -171,6 +173,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { conf }) => check(&conf),
         Some(Command::Explain(args)) => explain(args),
+        Some(Command::Schema) => {
+            print!("{}", portcullis::config::json_schema());
+            ExitCode::SUCCESS
+        }
         Some(Command::Token(args)) => mint(*args),
         Some(Command::Jwks { key, alg, kid }) => {
             match token::load_key(&key, alg).and_then(|k| token::jwks(&k, alg, &kid)) {

@@ -340,3 +340,56 @@ fn policy_mistakes_are_named() {
         &["routes[0].ext_authz.url", "http:// or https:// URL"],
     );
 }
+
+#[test]
+fn the_json_schema_is_current_and_checks_configs() {
+    let out = Command::new(BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read(repo_path("conf/portcullis.schema.json")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "conf/portcullis.schema.json is stale: run `portcullis schema > conf/portcullis.schema.json`"
+    );
+
+    // What an editor's TOML language server does with it: the shipped configs conform, and
+    // a misspelt key and a value of the wrong type do not.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nthreds = 2\n\n[[routes]]\npath = \"/a\"\naccess = \"open\"\nrespond = { body = \"a\" }\n",
+    )
+    .unwrap();
+    let check = |files: &[&std::path::Path]| {
+        let out = Command::new("python3")
+            .arg(repo_path("tests/support/schema_check.py"))
+            .arg(repo_path("conf/portcullis.schema.json"))
+            .args(files)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let shipped = [
+        repo_path("conf/gateway.toml"),
+        repo_path("conf/keycloak.example.toml"),
+    ];
+    let (ok, report) = check(&[&shipped[0], &shipped[1]]);
+    assert!(ok, "{report}");
+    let (ok, report) = check(&[&bad]);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("server: Additional properties are not allowed ('threds'"),
+        "{report}"
+    );
+    assert!(
+        report.contains("server.listen: '127.0.0.1:8080' is not of type 'array'"),
+        "{report}"
+    );
+    assert!(
+        report.contains("routes.0.access: 'open' is not valid under any of the given schemas"),
+        "{report}"
+    );
+}

@@ -16,6 +16,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # shared rate limits
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)  # deflate WebSocket peers
+/usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || missing+=(python3-jsonschema)  # checks configs against the schema
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the unit file
 if [ ${#missing[@]} -gt 0 ]; then

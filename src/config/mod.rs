@@ -8,15 +8,24 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod source;
 
 pub use source::{load, ConfigError, Invalid, KeyPath, Source};
 
+/// The JSON Schema of the config file, from the structs below and their doc comments: for
+/// editors with a TOML language server (taplo, Even Better TOML) to complete and check keys.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
 /// The whole file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Portcullis gateway configuration")]
 pub struct Config {
     /// `[server]`: listeners and process settings.
     pub server: ServerConf,
@@ -62,7 +71,7 @@ pub struct Config {
 /// issuer's `clock_skew`). A change of the issuer's keys voids them, and so does a reload.
 /// What depends on the request is checked on every use: the route's accepted issuers and the
 /// client certificate a token is bound to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenCacheConf {
     /// Most tokens remembered; the least used are dropped first when it is full. Each takes
@@ -83,7 +92,7 @@ impl Default for TokenCacheConf {
 /// `{"type": "access_token", "token": "<new token>"}` (field names and type configurable):
 /// the gateway validates it like a request's token, requires the same subject and tenant,
 /// moves the deadline and does not forward the message.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConf {
     /// Query parameter a route with `token_from = ["query"]` reads the token from; removed
@@ -105,6 +114,7 @@ pub struct WebSocketConf {
     /// How long the gateway waits for the closing handshake after it closes a connection.
     /// Default: 2s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub close_timeout: Duration,
     /// Redis that carries evictions to every gateway instance (`POST /websockets/evict` on
     /// the admin listener). Default: `[rate_limit.redis]`'s `url` when set; otherwise
@@ -132,7 +142,7 @@ impl Default for WebSocketConf {
 
 /// `[routes.websocket]`: the route takes WebSocket upgrades. Without it, an `Upgrade` header
 /// is removed and the backend answers a plain HTTP request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteWebSocketConf {
     /// Where the upgrade request's token may come from, tried in this order: `header`
@@ -146,7 +156,7 @@ fn default_token_from() -> Vec<TokenSource> {
     vec![TokenSource::Header]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenSource {
     Header,
@@ -157,7 +167,7 @@ pub enum TokenSource {
 /// `[logging]`: where the JSON-lines logs go: `"stdout"`, `"stderr"`, `"off"`, or a file path
 /// (appended to, reopened on SIGHUP for log rotation). Operational messages always go to
 /// stderr, filtered by `RUST_LOG`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConf {
     /// One line per request: time, request id, client, route, status, timings. Default: stdout.
@@ -177,7 +187,7 @@ impl Default for LoggingConf {
 }
 
 /// `[admin]`: a listener for operators, never for clients. Read at start only.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
     /// Address serving `GET /metrics` (Prometheus text format), `GET /healthz` and
@@ -186,7 +196,7 @@ pub struct AdminConf {
 }
 
 /// `[client_ip]`: the caller's address, as anonymous rate limits key on it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientIpConf {
     /// Load balancers and proxies in front of the gateway, as addresses or CIDR blocks. Only
@@ -197,7 +207,7 @@ pub struct ClientIpConf {
 }
 
 /// The header trusted proxies name the client in.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForwardedHeader {
     #[default]
@@ -206,7 +216,7 @@ pub enum ForwardedHeader {
 }
 
 /// `[rate_limit]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConf {
     /// Headers that tell clients their quota: `ietf` (default: `RateLimit-Policy` and
@@ -236,7 +246,7 @@ impl Default for RateLimitConf {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RateLimitHeaders {
     Ietf,
@@ -246,7 +256,7 @@ pub enum RateLimitHeaders {
 }
 
 /// `[rate_limit.redis]`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConf {
     /// `redis://[user:password@]host:port[/db]`. (TLS to Redis is not supported yet.)
@@ -254,9 +264,11 @@ pub struct RedisConf {
     /// Longest wait for one decision; past it, the tier's `on_redis_error` applies.
     /// Default: 50ms.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// After a failure, Redis is not asked again for this long. Default: 1s.
     #[serde(default = "default_redis_retry", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retry_interval: Duration,
     /// Prefix of every key the gateway writes. Default: `portcullis:rl:`.
     #[serde(default = "default_redis_prefix")]
@@ -274,7 +286,7 @@ fn default_redis_prefix() -> String {
 }
 
 /// The kind of caller a tier or a route is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallerKind {
     /// No token (public routes).
@@ -287,7 +299,7 @@ pub enum CallerKind {
 
 /// `[[rate_limit.tiers]]`: a class of consumers and its limits. Every condition given must
 /// hold for a caller to fall in the tier.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierConf {
     /// Name, in headers, logs, metrics and Redis keys.
@@ -325,7 +337,7 @@ fn default_tier_callers() -> CallerKind {
 }
 
 /// `claim = { name = "plan", values = ["gold", "platinum"] }`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMatchConf {
     /// Dot-separated claim path.
@@ -333,7 +345,7 @@ pub struct ClaimMatchConf {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitBackend {
     #[default]
@@ -341,7 +353,7 @@ pub enum LimitBackend {
     Redis,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailMode {
     #[default]
@@ -350,7 +362,7 @@ pub enum FailMode {
 }
 
 /// `[server]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConf {
     /// Plain-HTTP listen addresses, e.g. `["0.0.0.0:8080"]`.
@@ -366,10 +378,12 @@ pub struct ServerConf {
     /// After SIGTERM, how long `/readyz` fails while the gateway still serves, so load
     /// balancers stop sending new connections before the listeners close. Default: 5s.
     #[serde(default = "default_drain_delay", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_delay: Duration,
     /// Once the listeners close, how long in-flight requests (and WebSockets) may run before
     /// the process exits; it exits as soon as none is left. Default: 30s.
     #[serde(default = "default_grace_period", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub grace_period: Duration,
     /// How long an HTTP/1.1 keep-alive connection may wait, idle, for its next request before
     /// the gateway closes it (nginx's `keepalive_timeout`). Idle sockets hold descriptors and
@@ -377,6 +391,7 @@ pub struct ServerConf {
     /// at least 1s. Applies to connections from their next request after a reload.
     /// Default: 60s.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keepalive_timeout: Duration,
     /// Most client connections open at once on each listener (Envoy's per-listener
     /// `connection_limit`). A connection beyond it is closed as soon as it is accepted, counted
@@ -394,6 +409,7 @@ pub struct ServerConf {
     /// How long a buffered request body may take to arrive, all of it, before the gateway
     /// answers 408 (see `request_buffering` on routes). Default: 10s.
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub body_timeout: Duration,
     /// PID file, used by the binary upgrade (`-u`). Default: `/tmp/portcullis.pid`.
     #[serde(default = "default_pid_file")]
@@ -407,7 +423,7 @@ pub struct ServerConf {
 }
 
 /// `[server.tls]`: TLS at the edge. TLS 1.2 and 1.3 only; HTTP/2 by ALPN.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeTlsConf {
     /// HTTPS listen addresses, e.g. `["0.0.0.0:8443"]`.
@@ -431,14 +447,14 @@ fn default_true() -> bool {
 }
 
 /// `{ cert_file = "…", key_file = "…" }`: PEM chain (leaf first) and its private key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConf {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     #[default]
@@ -478,7 +494,7 @@ fn default_upgrade_sock() -> String {
 /// `[responses]`: what the gateway answers when it refuses a request.
 ///
 /// The defaults reproduce an APISIX + Keycloak edge, so clients written against it see no change.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponsesConf {
     /// `realm` in `WWW-Authenticate: Bearer realm="…"`.
@@ -511,7 +527,7 @@ impl Default for ResponsesConf {
 /// Every header named here is removed from the client's request before the gateway sets it, on
 /// every route (public ones too), so a client can never forge one. An empty name turns that
 /// header off.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityHeadersConf {
     /// The token's subject (`sub`).
@@ -555,7 +571,7 @@ impl Default for IdentityHeadersConf {
 }
 
 /// Signature algorithms a token may use. `none` does not exist here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 pub enum Algorithm {
     RS256,
     RS384,
@@ -592,7 +608,7 @@ impl From<Algorithm> for jsonwebtoken::Algorithm {
 }
 
 /// `[issuers.NAME]`: one identity provider.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConf {
     /// Exact value of the tokens' `iss` claim; selects this issuer.
@@ -604,6 +620,7 @@ pub struct IssuerConf {
     pub algorithms: Vec<Algorithm>,
     /// Tolerance applied to `exp` and `nbf`. Default: 30s.
     #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub clock_skew: Duration,
     /// Accept service tokens without `exp` (user tokens always need one). Default: false.
     #[serde(default)]
@@ -646,7 +663,7 @@ pub struct IssuerConf {
 /// `[issuers.NAME.token_type]`: explicit typing (RFC 8725 §3.11), so that an ID token or a
 /// refresh token whose `aud` happens to be accepted is not taken for an access token. Every
 /// rule given must hold; a token that fails one is 401 `not an access token`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenTypeConf {
     /// Accepted values of the JOSE header `typ`, compared without case and without an
@@ -658,7 +675,7 @@ pub struct TokenTypeConf {
 }
 
 /// Which tokens of an issuer are introspected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IntrospectionMode {
     /// Tokens that are not JWTs (reference tokens); JWTs are verified locally.
@@ -671,7 +688,7 @@ pub enum IntrospectionMode {
 }
 
 /// How the gateway authenticates itself to the introspection endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMethod {
     /// HTTP Basic with the URL-encoded client id and secret.
@@ -686,7 +703,7 @@ pub enum ClientAuthMethod {
 /// A token that is not a JWT carries no `iss`, so at most one issuer may introspect.
 /// Answers are remembered by the token's SHA-256, never the token; concurrent requests with
 /// the same unremembered token wait for one call.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConf {
     /// `opaque` (default), `always` or `off` (the rest of the table is then ignored).
@@ -714,6 +731,7 @@ pub struct IntrospectionConf {
     pub require_audience: bool,
     /// Time limit of one introspection, waiting for a free slot included. Default: 2s.
     #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// At most this many introspections in flight at once. Default: 64.
     #[serde(default = "default_introspection_concurrency")]
@@ -721,6 +739,7 @@ pub struct IntrospectionConf {
     /// Longest an `active` answer is remembered; never past the token's `exp`. 0 asks on
     /// every request. Default: 60s.
     #[serde(default = "default_introspection_cache_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub cache_ttl: Duration,
     /// How long a refusal (`active: false`, or claims the route cannot accept) is remembered.
     /// Default: 10s.
@@ -728,6 +747,7 @@ pub struct IntrospectionConf {
         default = "default_introspection_negative_ttl",
         with = "humantime_serde"
     )]
+    #[schemars(with = "String")]
     pub negative_cache_ttl: Duration,
     /// Most answers remembered. Default: 65536.
     #[serde(default = "default_introspection_entries")]
@@ -737,11 +757,13 @@ pub struct IntrospectionConf {
         default = "default_introspection_retry_after",
         with = "humantime_serde"
     )]
+    #[schemars(with = "String")]
     pub retry_after: Duration,
     /// The token of every open WebSocket is checked again this often (an introspected one
     /// asked about), and the connection closed (4004) once the token is refused. 0 never
     /// checks. Default: 60s.
     #[serde(default = "default_introspection_recheck", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub websocket_recheck: Duration,
 }
 
@@ -768,7 +790,7 @@ fn default_introspection_recheck() -> Duration {
 }
 
 /// `service_tokens`: how an issuer's service tokens are told apart from user tokens.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(try_from = "String")]
 pub enum ServiceTokens {
     /// `sub_is_client`: `sub` equals the client id (RFC 9068 §2.2).
@@ -798,7 +820,7 @@ impl TryFrom<String> for ServiceTokens {
 }
 
 /// `consumer`: what one consumer of a tier is.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(try_from = "String")]
 pub enum ConsumerConf {
     /// `sub`: the token's subject.
@@ -836,24 +858,29 @@ fn default_clock_skew() -> Duration {
 }
 
 /// `[issuers.NAME.keys]`: the JWKS lifecycle of a remote key source.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyRefreshConf {
     /// Refresh period when the provider sends no `Cache-Control: max-age`. Default: 5m.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub refresh_interval: Duration,
     /// Lower bound on a provider's `max-age`, and the retry delay after a failed fetch.
     /// Default: 30s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub min_refresh_interval: Duration,
     /// Upper bound on a provider's `max-age`. Default: 1h.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_refresh_interval: Duration,
     /// A token with an unknown `kid` triggers at most one refetch per this period. Default: 30s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub unknown_kid_cooldown: Duration,
     /// Time limit of one fetch. Default: 5s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub fetch_timeout: Duration,
 }
 
@@ -870,7 +897,7 @@ impl Default for KeyRefreshConf {
 }
 
 /// How a token's roles claims hold role names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolesFormat {
     /// A JSON array of strings.
@@ -882,7 +909,7 @@ pub enum RolesFormat {
 
 /// `[issuers.NAME.claims]`: claim paths are dot-separated (`realm_access.roles`).
 /// The defaults follow Keycloak.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClaimsConf {
     /// The user id.
@@ -918,7 +945,7 @@ impl Default for ClaimsConf {
 }
 
 /// `[upstreams.NAME]`: a backend service.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConf {
     /// Targets: `"host:port"`, or `{ address = "host:port", weight = 3 }` (weight 1 to 100,
@@ -931,18 +958,22 @@ pub struct UpstreamConf {
     pub balance: Balance,
     /// Default: 2s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Longest wait for the upstream between reads. Default: 60s.
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub read_timeout: Duration,
     /// Longest wait for the upstream to take more of a request. Default: 60s.
     #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub write_timeout: Duration,
     /// Longest time for the whole exchange with the upstream, retries included, from the
     /// first connection attempt to the last byte of the response: 504 if the response has
     /// not started by then, a cut connection if it has. WebSockets are bound by it only until
     /// the upgrade. Default: none (long polls and downloads are bound by `read_timeout`).
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
     /// A connection that fails (refused, unreachable, TLS handshake, connect timeout) is
     /// retried on the next target this many times. Nothing was sent, so any method is safe to
@@ -952,6 +983,7 @@ pub struct UpstreamConf {
     /// A target that refuses or fails a connection gets no traffic for this long; then one
     /// request tries it again. `"0s"` turns ejection off. Default: 10s.
     #[serde(default = "default_ejection", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub passive_ejection: Duration,
     /// `[upstreams.NAME.tls]`: speak TLS to the targets.
     pub tls: Option<UpstreamTlsConf>,
@@ -960,7 +992,7 @@ pub struct UpstreamConf {
 }
 
 /// `[upstreams.NAME.health_check]`. Targets count as up until probes say otherwise.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConf {
     /// `tcp` (a connection opens) or `http` (`GET path` answers `expect_status`; plain-HTTP
@@ -974,9 +1006,11 @@ pub struct HealthCheckConf {
     pub expect_status: u16,
     /// Default: 5s.
     #[serde(default = "default_health_interval", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// Default: 1s.
     #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Successes in a row that bring a down target back. Default: 2.
     #[serde(default = "default_rise")]
@@ -986,7 +1020,7 @@ pub struct HealthCheckConf {
     pub fall: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     Tcp,
@@ -1014,7 +1048,7 @@ fn default_ejection() -> Duration {
 }
 
 /// One target of an upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum TargetConf {
     Address(String),
@@ -1029,7 +1063,7 @@ fn default_weight() -> u32 {
     1
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -1042,7 +1076,7 @@ fn default_retries() -> usize {
 }
 
 /// `[upstreams.NAME.tls]`: TLS, and optionally mutual TLS, to a backend.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConf {
     /// Server name sent in SNI and checked against the backend's certificate. Required: an
@@ -1067,7 +1101,7 @@ fn default_read_timeout() -> Duration {
 }
 
 /// Who may use a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// No token needed; any token sent is ignored and no identity is forwarded.
@@ -1077,7 +1111,7 @@ pub enum Access {
 }
 
 /// `[[routes]]`: one entry of the routing table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConf {
     /// Name used in logs. Default: the path.
@@ -1134,7 +1168,7 @@ pub struct RouteConf {
     pub websocket: Option<RouteWebSocketConf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteCallers {
     Users,
@@ -1143,7 +1177,7 @@ pub enum RouteCallers {
 }
 
 /// `respond = { status = 200, body = "…" }`: a response the gateway writes itself.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConf {
     /// Default: 200.
@@ -1165,7 +1199,7 @@ fn default_content_type() -> String {
 
 /// `[[routes.allow]]` or `[[routes.deny]]`: a rule. A rule is met when every condition it
 /// sets holds (AND); an allow rule admits, a deny rule refuses. Rules are combined with OR.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConf {
     /// Methods the rule covers. Default: all.
@@ -1183,6 +1217,7 @@ pub struct RuleConf {
     /// table of operators `{ equals = V }`, `{ one_of = [..] }`, `{ contains = V }` (an array
     /// claim holds V), `{ present = true|false }`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub claims: BTreeMap<String, toml::Value>,
     /// Equalities for tenant isolation: a path parameter of the route (`agency`) or a request
     /// header (`"header:X-Agency"`) must equal a claim (`"claim:agency_id"`).
@@ -1205,7 +1240,7 @@ pub struct RuleConf {
 
 /// `[routes.ext_authz]`: a decision point the gateway asks, after the local rules allow,
 /// whether a request may pass.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtAuthzConf {
     /// `http`: an authorization service in the shape of Envoy's ext_authz HTTP service, nginx
@@ -1220,6 +1255,7 @@ pub struct ExtAuthzConf {
     pub url: String,
     /// How long a decision may take, waiting for a free connection included. Default: 1s.
     #[serde(default = "default_ext_authz_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Request headers sent along (and part of the cache key). `Authorization` only if listed.
     #[serde(default)]
@@ -1230,6 +1266,7 @@ pub struct ExtAuthzConf {
     /// How long a decision is reused for the same token, route, method, path and sent
     /// headers; 0s asks every time. Default: 10s.
     #[serde(default = "default_ext_authz_cache_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub cache_ttl: Duration,
     /// Most decisions remembered. Default: 10000.
     #[serde(default = "default_ext_authz_cache_entries")]
@@ -1243,14 +1280,14 @@ pub struct ExtAuthzConf {
     pub on_error: OnError,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExtAuthzKind {
     Http,
     Opa,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     #[default]
