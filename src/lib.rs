@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub(crate) mod request_id;
 pub(crate) mod respond;
+pub mod rewrite;
 pub mod route;
 pub mod runtime;
 pub mod snapshot;

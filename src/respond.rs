@@ -54,6 +54,10 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub enum Rejection {
     BadPath(PathError),
+    /// The request line and headers are over `[server] max_header_bytes` or `max_headers`.
+    HeadersTooLarge,
+    /// The request target is over `[server] max_uri_length`.
+    UriTooLong,
     NotFound,
     Unauthorized(AuthError),
     Forbidden(Forbidden),
@@ -88,6 +92,8 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Rejection::BadPath(_) => 400,
+            Rejection::HeadersTooLarge => 431,
+            Rejection::UriTooLong => 414,
             Rejection::NotFound => 404,
             Rejection::Unauthorized(_) => 401,
             Rejection::Forbidden(_) => 403,
@@ -172,6 +178,16 @@ impl Responses {
     pub fn reply(&self, rejection: Rejection) -> Reply {
         match rejection {
             Rejection::BadPath(e) => json_error(400, "invalid_request", &e.to_string()),
+            Rejection::HeadersTooLarge => json_error(
+                431,
+                "request_header_fields_too_large",
+                "the request headers are larger or more numerous than the gateway takes",
+            ),
+            Rejection::UriTooLong => json_error(
+                414,
+                "uri_too_long",
+                "the request target is longer than the gateway takes",
+            ),
             Rejection::NotFound => self.not_found.clone(),
             Rejection::Forbidden(_) => self.forbidden.clone(),
             // Retry-After and the quota headers come from the rate limiter.

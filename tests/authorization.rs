@@ -278,3 +278,77 @@ async fn every_request_carries_one_request_id_and_trace_context_passes() {
     let other = get(&gw.url("/public/x"), None).await;
     assert_ne!(other.header("x-request-id"), Some(id.as_str()));
 }
+
+#[tokio::test]
+async fn edge_limits_and_what_a_route_changes_on_the_way() {
+    let echo = Echo::start();
+    let gw = Gateway::start_with(
+        "max_uri_length = 2048\nmax_headers = 30\nmax_header_bytes = 8192",
+        &format!(
+            r#"
+[upstreams.backend]
+targets = ["127.0.0.1:{port}"]
+
+[[routes]]
+path_prefix = "/api/agents"
+upstream = "backend"
+access = "public"
+strip_prefix = "/api"
+
+[routes.request_headers]
+set = {{ "X-Api-Version" = "2" }}
+remove = ["X-Debug"]
+
+[routes.response_headers]
+set = {{ "X-Frame-Options" = "DENY" }}
+remove = ["Server"]
+
+[[routes]]
+path_prefix = "/agencies/{{agency}}/reports"
+upstream = "backend"
+access = "public"
+rewrite = "/v2/reports/{{agency}}"
+"#,
+            port = echo.port
+        ),
+        &[],
+    );
+
+    // The path sent upstream, the query kept; request and response header edits.
+    let r = send(
+        "GET",
+        &gw.url("/api/agents/7?x=1"),
+        None,
+        &[("x-debug", "1"), ("x-api-version", "1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["path"], "/agents/7?x=1");
+    assert_eq!(seen["headers"]["x-api-version"], serde_json::json!(["2"]));
+    assert!(seen["headers"].get("x-debug").is_none(), "{seen}");
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.header("server").is_none(), "{:?}", r.headers);
+    let seen = get(&gw.url("/agencies/north/reports/2026?q=1"), None)
+        .await
+        .json();
+    assert_eq!(seen["path"], "/v2/reports/north/2026?q=1");
+
+    // 414 for a long target, 431 for too many or too large headers; the limits are the
+    // config's, below Pingora's own.
+    let long = format!("/api/agents/{}", "a".repeat(2100));
+    let r = get(&gw.url(&long), None).await;
+    assert_eq!(r.status, 414);
+    assert_eq!(r.json()["error"], "uri_too_long");
+    let many: Vec<(String, String)> = (0..31).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let r = send("GET", &gw.url("/api/agents/1"), None, &many).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "request_header_fields_too_large");
+    let big = "v".repeat(9000);
+    let r = send("GET", &gw.url("/api/agents/1"), None, &[("x-big", &big)]).await;
+    assert_eq!(r.status, 431);
+    let within = "v".repeat(6000);
+    let r = send("GET", &gw.url("/api/agents/1"), None, &[("x-big", &within)]).await;
+    assert_eq!(r.status, 200);
+}

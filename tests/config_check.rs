@@ -393,3 +393,26 @@ fn the_json_schema_is_current_and_checks_configs() {
         "{report}"
     );
 }
+
+#[test]
+fn path_rewrites_are_checked_against_the_route() {
+    let route = "\n[[routes]]\npath_prefix = \"/agencies/{agency}\"\nupstream = \"backend\"\naccess = \"public\"\n";
+    assert_refused(
+        &format!("{route}rewrite = \"/v2/{{tenant}}\"\n"),
+        16,
+        &["routes[0].rewrite", "no parameter {tenant}"],
+    );
+    assert_refused(
+        &format!("{route}strip_prefix = \"/agency\"\n"),
+        16,
+        &["routes[0].strip_prefix", "literal leading segments"],
+    );
+    assert_refused(
+        &format!("{route}[routes.request_headers]\nset = {{ \"Bad Name\" = \"x\" }}\n"),
+        17,
+        &[
+            "routes[0].request_headers.set.Bad Name",
+            "not a header name",
+        ],
+    );
+}

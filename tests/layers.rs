@@ -9,6 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["clock", "config", "metrics", "logs", "request_id", "token"],
     &[
         "route",
+        "rewrite",
         "authenticate",
         "authorize",
         "rate_limit",

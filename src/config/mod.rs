@@ -401,6 +401,17 @@ pub struct ServerConf {
     /// new connections on reload. Default: 16384.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Largest request head, in bytes: the request line and every header (names, values and
+    /// their separators). A larger one is answered 431. Default: 61440 (60 KiB, Envoy's).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers. More is answered 431. Default: 100 (Envoy's).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest request target (path and query), in bytes. Longer is answered 414.
+    /// Default: 8192 (nginx's request line buffer).
+    #[serde(default = "default_max_uri_length")]
+    pub max_uri_length: usize,
     /// Largest request body in bytes, for routes that set none (nginx's
     /// `client_max_body_size`): a larger one is answered 413, before the upstream is
     /// contacted when its `Content-Length` says so. Default: 1048576 (1 MiB).
@@ -474,6 +485,15 @@ fn default_drain_delay() -> Duration {
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> usize {
+    60 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_uri_length() -> usize {
+    8192
 }
 fn default_max_connections() -> usize {
     16384
@@ -1149,6 +1169,18 @@ pub struct RouteConf {
     pub enforce: bool,
     /// `[routes.ext_authz]`: an external decision point asked after the local rules allow.
     pub ext_authz: Option<ExtAuthzConf>,
+    /// Leading segments of the route's path removed from the path sent upstream:
+    /// `strip_prefix = "/api"` sends `/api/agents/7` as `/agents/7`. The query is kept.
+    pub strip_prefix: Option<String>,
+    /// The path sent upstream instead of the matched one, with the route's `{param}`s:
+    /// `rewrite = "/v2/reports/{agency}"`. On a `path_prefix` route, what follows the prefix
+    /// is appended. The query is kept. Not with `strip_prefix`.
+    pub rewrite: Option<String>,
+    /// `[routes.request_headers]`: headers removed from and set on the request sent upstream
+    /// (the identity headers are set after, and win).
+    pub request_headers: Option<HeaderEditsConf>,
+    /// `[routes.response_headers]`: headers removed from and set on the upstream's response.
+    pub response_headers: Option<HeaderEditsConf>,
     /// Which tokens an authenticated route takes: `users` (default), `services` (system and
     /// metadata APIs for backend jobs), or `any`.
     pub callers: Option<RouteCallers>,
@@ -1166,6 +1198,18 @@ pub struct RouteConf {
     pub request_buffering: bool,
     /// `[routes.websocket]`: take WebSocket upgrades on this route.
     pub websocket: Option<RouteWebSocketConf>,
+}
+
+/// Headers a route removes and sets.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEditsConf {
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers to set, replacing any of the same name: `{ "X-Api-Version" = "2" }`.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]

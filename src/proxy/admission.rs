@@ -18,7 +18,7 @@ use crate::metrics;
 use crate::rate_limit::{self, Caller};
 use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
-use crate::snapshot::{Action, BodyPolicy, Route, Snapshot};
+use crate::snapshot::{Action, BodyPolicy, Route, ServerSettings, Snapshot};
 use crate::tls::ClientCert;
 use crate::upstream::UpstreamId;
 use crate::websocket::handshake;
@@ -53,17 +53,24 @@ pub struct Facts {
 /// to an upstream for a request that was not admitted.
 #[derive(Debug)]
 pub struct Pass {
+    route: RouteId,
     upstream: UpstreamId,
     identity: Option<IdentityValues>,
     /// Set by the external decision point.
     decided_headers: Option<external::Headers>,
-    normalized_path: Option<String>,
+    /// The path for the upstream, when it is not what the client sent: normalized, or
+    /// rewritten by the route.
+    upstream_path: Option<String>,
     affinity: Option<String>,
     websocket: bool,
     body: BodyPolicy,
 }
 
 impl Pass {
+    pub fn route(&self) -> RouteId {
+        self.route
+    }
+
     pub fn upstream(&self) -> UpstreamId {
         self.upstream
     }
@@ -78,9 +85,10 @@ impl Pass {
         self.decided_headers.as_deref().unwrap_or_default()
     }
 
-    /// The path as routed, when it differs from what the client sent.
-    pub fn take_normalized_path(&mut self) -> Option<String> {
-        self.normalized_path.take()
+    /// The path for the upstream, when it differs from what the client sent: the routed
+    /// (normalized) path, or the route's rewrite of it.
+    pub fn take_upstream_path(&mut self) -> Option<String> {
+        self.upstream_path.take()
     }
 
     /// The consumer, for upstreams that pick targets by consistent hashing.
@@ -129,6 +137,9 @@ async fn decide<'s>(
     client: &Client<'_>,
     facts: &mut Facts,
 ) -> Result<Decision<'s>, Rejection> {
+    // 0. Edge limits on the request head.
+    within_limits(req, &snap.server)?;
+
     // 1. Route: on the normalized path, so the backend serves exactly what was authorized.
     let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
     let id = snap
@@ -203,12 +214,14 @@ async fn decide<'s>(
     Ok(match &route.action {
         Action::Respond(reply) => Decision::Respond(reply),
         Action::Forward(upstream) => Decision::Forward(Pass {
+            route: id,
             upstream: *upstream,
             identity,
             decided_headers,
-            normalized_path: match path {
-                Cow::Owned(p) => Some(p),
-                Cow::Borrowed(_) => None,
+            upstream_path: match (&route.rewrite, path) {
+                (Some(r), path) => Some(r.apply(&path)),
+                (None, Cow::Owned(p)) => Some(p),
+                (None, Cow::Borrowed(_)) => None,
             },
             affinity: snap.upstreams[*upstream].hashes().then(|| match principal {
                 Some(p) => p.subject.clone(),
@@ -218,6 +231,28 @@ async fn decide<'s>(
             body: route.body,
         }),
     })
+}
+
+/// The request head is within `[server]`'s limits: 414 for a long target, 431 for too many
+/// or too large headers.
+fn within_limits(req: &RequestHeader, server: &ServerSettings) -> Result<(), Rejection> {
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > server.max_uri_length {
+        return Err(Rejection::UriTooLong);
+    }
+    if req.headers.len() > server.max_headers {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    // As on the wire: "Name: value\r\n" per header, after the request line.
+    let line = req.method.as_str().len() + target + 12;
+    let bytes = req
+        .headers
+        .iter()
+        .fold(line, |sum, (n, v)| sum + n.as_str().len() + v.len() + 4);
+    if bytes > server.max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    Ok(())
 }
 
 /// The external decision point's verdict on an admitted request: the headers it sets for the
@@ -490,7 +525,7 @@ respond = {{ body = "hi" }}
         };
         assert_eq!(snap.upstreams[pass.upstream()].name.as_ref(), "backend");
         assert!(pass.identity().is_some());
-        assert_eq!(pass.take_normalized_path().as_deref(), Some("/agents/7"));
+        assert_eq!(pass.take_upstream_path().as_deref(), Some("/agents/7"));
         assert!(!pass.is_websocket());
     }
 

@@ -20,6 +20,8 @@ use crate::respond::Rejection;
 pub fn reason(rejection: &Rejection, limiter: Option<&RateLimiter>) -> Cow<'static, str> {
     match rejection {
         Rejection::BadPath(e) => Cow::Owned(e.to_string()),
+        Rejection::HeadersTooLarge => Cow::Borrowed("headers_too_large"),
+        Rejection::UriTooLong => Cow::Borrowed("uri_too_long"),
         Rejection::NotFound => Cow::Borrowed("no_route"),
         Rejection::Unauthorized(e) => Cow::Borrowed(e.reason()),
         Rejection::Forbidden(e) => Cow::Borrowed(e.reason()),

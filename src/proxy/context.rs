@@ -11,7 +11,7 @@ use prometheus::IntGauge;
 use super::admission::{Facts, Pass};
 use crate::metrics;
 use crate::request_id;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Route, Snapshot};
 use crate::tls::{self, ClientCert};
 use crate::upstream::{Attempts, Upstream};
 
@@ -53,6 +53,10 @@ pub struct Forwarding {
 impl Forwarding {
     pub fn upstream<'s>(&self, snapshot: &'s Snapshot) -> &'s Upstream {
         &snapshot.upstreams[self.pass.upstream()]
+    }
+
+    pub fn route<'s>(&self, snapshot: &'s Snapshot) -> &'s Route {
+        &snapshot.router[self.pass.route()]
     }
 }
 

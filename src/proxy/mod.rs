@@ -65,13 +65,18 @@ fn prepare_upstream_request(
     cert: Option<&ClientCert>,
     request_id: &http::HeaderValue,
 ) -> Result<()> {
-    // Before the identity headers, which a decision point's headers never override.
-    for (name, value) in forwarding.pass.decided_headers() {
+    // The route's edits and the decision point's headers go before the identity headers,
+    // which they never override.
+    let (remove, set) = forwarding.route(snap).request_headers.edits();
+    for name in remove {
+        req.remove_header(name);
+    }
+    for (name, value) in set.iter().chain(forwarding.pass.decided_headers()) {
         req.insert_header(name.clone(), value.clone())?;
     }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
     req.insert_header(request_id::HEADER, request_id.clone())?;
-    if let Some(path) = forwarding.pass.take_normalized_path() {
+    if let Some(path) = forwarding.pass.take_upstream_path() {
         let uri = match req.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path,
@@ -267,6 +272,15 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(route) = ctx.facts.route.map(|id| &ctx.snapshot.router[id]) {
+            let (remove, set) = route.response_headers.edits();
+            for name in remove {
+                upstream_response.remove_header(name);
+            }
+            for (name, value) in set {
+                upstream_response.insert_header(name.clone(), value.clone())?;
+            }
+        }
         for (name, value) in ctx.answer_headers() {
             upstream_response.insert_header(name, value)?;
         }

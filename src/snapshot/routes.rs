@@ -10,6 +10,7 @@ use crate::authorize::{Policy, Rule, RuleContext};
 use crate::config::{Access, CallerKind, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
 use crate::rate_limit::{GroupId, Groups};
 use crate::respond::Reply;
+use crate::rewrite::{HeaderEdits, Rewrite};
 use crate::route::{self, MethodSet, PathKind, Router};
 use crate::upstream::{UpstreamId, Upstreams};
 
@@ -40,6 +41,10 @@ pub struct Route {
     pub websocket: Option<Vec<TokenSource>>,
     /// What request bodies the route takes, and how.
     pub body: BodyPolicy,
+    /// How the path sent upstream differs from the routed one.
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
 }
 
 /// A route's request bodies.
@@ -256,14 +261,42 @@ impl Route {
             Some(ws) => Some(ws.token_from.clone()),
         };
 
+        let pattern = route::Pattern {
+            host: host.map(Into::into),
+            segments,
+            kind,
+            methods,
+        };
+        let rewrite = match (&r.strip_prefix, &r.rewrite) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "rewrite",
+                    "set at most one of strip_prefix and rewrite",
+                ))
+            }
+            (Some(p), None) => Some(Rewrite::strip_prefix(p, &pattern, &at.key("strip_prefix"))?),
+            (None, Some(t)) => Some(Rewrite::template(t, &pattern, &at.key("rewrite"))?),
+            (None, None) => None,
+        };
+        let edits = |conf: &Option<crate::config::HeaderEditsConf>, key: &str| match conf {
+            Some(c) => HeaderEdits::compile(c, &at.key(key)),
+            None => Ok(HeaderEdits::default()),
+        };
+        let request_headers = edits(&r.request_headers, "request_headers")?;
+        let response_headers = edits(&r.response_headers, "response_headers")?;
+        if matches!(action, Action::Respond(_))
+            && (rewrite.is_some() || !request_headers.is_empty() || !response_headers.is_empty())
+        {
+            return Err(err(
+                "respond",
+                "a route that answers itself sends nothing upstream: no strip_prefix, rewrite \
+                 or header edits",
+            ));
+        }
+
         Ok(Route {
             name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
-            pattern: route::Pattern {
-                host: host.map(Into::into),
-                segments,
-                kind,
-                methods,
-            },
+            pattern,
             access: r.access,
             issuers,
             policy,
@@ -276,6 +309,9 @@ impl Route {
                 max: r.max_body_size.unwrap_or(names.max_body_size),
                 buffer: r.request_buffering,
             },
+            rewrite,
+            request_headers,
+            response_headers,
         })
     }
 }

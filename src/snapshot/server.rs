@@ -20,6 +20,10 @@ pub struct ServerSettings {
     pub keepalive_timeout_secs: u64,
     /// Most client connections open at once on each listener.
     pub max_connections: usize,
+    /// Request head limits: bytes, headers, and the target's length.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_length: usize,
     /// Largest request body, for routes that set none.
     pub max_body_size: u64,
     /// How long a buffered request body may take to arrive.
@@ -65,6 +69,15 @@ impl ServerSettings {
                 "must be whole seconds, at least 1s",
             ));
         }
+        for (key, value) in [
+            ("max_header_bytes", s.max_header_bytes),
+            ("max_headers", s.max_headers),
+            ("max_uri_length", s.max_uri_length),
+        ] {
+            if value == 0 {
+                return Err(Invalid::new(at.key(key), "must be at least 1"));
+            }
+        }
         if s.max_connections == 0 {
             return Err(Invalid::new(
                 at.key("max_connections"),
@@ -94,6 +107,9 @@ impl ServerSettings {
             drain_delay: s.drain_delay,
             keepalive_timeout_secs,
             max_connections: s.max_connections,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+            max_uri_length: s.max_uri_length,
             max_body_size: s.max_body_size,
             body_timeout: s.body_timeout,
             pid_file: s.pid_file.clone(),
