@@ -351,4 +351,17 @@ rewrite = "/v2/reports/{{agency}}"
     let within = "v".repeat(6000);
     let r = send("GET", &gw.url("/api/agents/1"), None, &[("x-big", &within)]).await;
     assert_eq!(r.status, 200);
+
+    // `explain` says which path the upstream would get.
+    let out = std::process::Command::new(common::BIN)
+        .args(["explain", "-c"])
+        .arg(&gw.conf)
+        .args(["GET", "/agencies/north/reports/2026?q=1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("upstream:  backend, path /v2/reports/north/2026"),
+        "{out}"
+    );
 }

@@ -530,7 +530,7 @@ async fn explain_answers_on_the_command_line_and_the_admin_listener() {
     );
     assert!(out.contains("client portal"), "{out}");
     assert!(out.contains("  header:  x-user-id: a-1"), "{out}");
-    assert!(out.contains("upstream:  backend"), "{out}");
+    assert!(out.contains("upstream:  backend, path /agents/7"), "{out}");
 
     // A rejected token: which check failed, and no upstream.
     let expired = rsa_token("a-1", "agent", &["--issued-ago", "2h"]);

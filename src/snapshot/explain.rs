@@ -182,6 +182,9 @@ pub struct UpstreamFacts {
     /// A route that answers itself: its status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub respond: Option<u16>,
+    /// The path sent upstream (after the route's `strip_prefix` or `rewrite`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// The identity headers set on the request, by name.
     pub identity_headers: std::collections::BTreeMap<String, String>,
 }
@@ -424,11 +427,18 @@ impl Snapshot {
                 Action::Forward(u) => UpstreamFacts {
                     name: Some(self.upstreams[*u].name.to_string()),
                     respond: None,
+                    path: Some(
+                        route
+                            .rewrite
+                            .as_ref()
+                            .map_or(path.clone(), |r| r.apply(&path)),
+                    ),
                     identity_headers,
                 },
                 Action::Respond(reply) => UpstreamFacts {
                     name: None,
                     respond: Some(reply.status),
+                    path: None,
                     identity_headers,
                 },
             });
@@ -524,7 +534,10 @@ impl Explanation {
         }
         if let Some(u) = &self.upstream {
             match (&u.name, u.respond) {
-                (Some(n), _) => line(format!("upstream:  {n}")),
+                (Some(n), _) => line(format!(
+                    "upstream:  {n}, path {}",
+                    u.path.as_deref().unwrap_or("-")
+                )),
                 (None, Some(status)) => {
                     line(format!("upstream:  none; the gateway answers {status}"))
                 }
