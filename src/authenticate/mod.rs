@@ -34,6 +34,16 @@ pub enum PrincipalKind {
     Service,
 }
 
+impl PrincipalKind {
+    /// `user` or `service`, as `explain` and decision points are told.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Service => "service",
+        }
+    }
+}
+
 /// A caller whose token was verified.
 #[derive(Debug, Clone)]
 pub struct Principal {

@@ -331,10 +331,7 @@ impl ExtAuthz {
             "caller": p.map(|p| json!({
                 "issuer": &*p.issuer,
                 "subject": p.subject,
-                "kind": match p.kind {
-                    crate::authenticate::PrincipalKind::User => "user",
-                    crate::authenticate::PrincipalKind::Service => "service",
-                },
+                "kind": p.kind.as_str(),
                 "client_id": p.client_id,
                 "tenant": p.tenant,
                 "roles": p.roles,

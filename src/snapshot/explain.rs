@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Action, Route, Snapshot};
-use crate::authenticate::{bearer_token_of, Principal, PrincipalKind};
-use crate::authorize::{self, Forbidden, Granted};
+use crate::authenticate::{bearer_token_of, Principal};
+use crate::authorize::{self, Forbidden};
 use crate::config::Access;
 use crate::rate_limit::Caller;
 use crate::route;
@@ -206,10 +206,7 @@ fn token_facts(principal: &Principal, signature_checked: bool) -> TokenFacts {
         detail: None,
         issuer: Some(principal.issuer.to_string()),
         subject: Some(principal.subject.clone()),
-        kind: Some(match principal.kind {
-            PrincipalKind::User => "user",
-            PrincipalKind::Service => "service",
-        }),
+        kind: Some(principal.kind.as_str()),
         client_id: principal.client_id.clone(),
         tenant: principal.tenant.clone(),
         roles: principal.roles.clone(),
@@ -348,7 +345,7 @@ impl Snapshot {
                         tenant: None,
                         roles: Vec::new(),
                         scopes: Vec::new(),
-                        signature_checked: matches!(q.credential, Credential::Token(_)),
+                        signature_checked: !matches!(q.credential, Credential::Claims(_)),
                     });
                     refusal = Some(decision("deny", 401, e.reason()));
                 }
@@ -366,12 +363,7 @@ impl Snapshot {
         let mut rule = None;
         match route.policy.authorize(&request, principal.as_deref()) {
             _ if refusal.is_some() => {}
-            Ok(granted) => {
-                rule = Some(match granted {
-                    Granted::Public => "public".to_string(),
-                    g => g.rule(),
-                })
-            }
+            Ok(granted) => rule = Some(granted.rule()),
             Err(e) => {
                 let mut d = decision("deny", 403, e.reason());
                 d.rule = Forbidden::rule(e);
