@@ -6,7 +6,7 @@
 //! * foundations: [`clock`], [`metrics`], [`logs`], [`config`] (the schema and its errors);
 //! * domain modules, each compiling its own config table: [`route`], [`authenticate`],
 //!   [`authorize`], [`rate_limit`], [`identity`], [`upstream`], [`tls`], [`websocket`],
-//!   [`respond`], [`client_ip`], [`request_id`];
+//!   [`respond`], [`client_ip`], [`request_id`], [`cors`];
 //! * [`snapshot`]: the compiled config, composing the domain modules;
 //! * [`proxy`]: the request path over a snapshot;
 //! * [`runtime`]: reload, key refresh, health checks, evictions, the admin listener and the
@@ -20,6 +20,7 @@ pub mod authorize;
 pub(crate) mod client_ip;
 pub(crate) mod clock;
 pub mod config;
+pub(crate) mod cors;
 #[doc(hidden)]
 pub mod fuzz;
 pub(crate) mod identity;

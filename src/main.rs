@@ -16,6 +16,7 @@ use portcullis::proxy::Gateway;
 use portcullis::runtime::admin::Admin;
 use portcullis::runtime::config_metrics;
 use portcullis::runtime::connections::Capped;
+use portcullis::runtime::dns_refresh::DnsRefresher;
 use portcullis::runtime::eviction::Eviction;
 use portcullis::runtime::health_check::HealthChecker;
 use portcullis::runtime::key_refresh::KeyRefresher;
@@ -369,6 +370,9 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         server.configuration.clone(),
     );
     gateway.handle_init_modules();
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = settings.h2c;
+    gateway.server_options = Some(options);
     let mut client_listeners = settings.listen.clone();
     client_listeners.extend(&settings.tls_listen);
     let mut proxy = Service::new(
@@ -394,6 +398,10 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "dns refresh",
+        DnsRefresher::new(shared.clone()),
     ));
     let mut listeners = client_listeners;
     if let Some(addr) = settings.admin_listen {

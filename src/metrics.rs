@@ -233,6 +233,38 @@ static SHADOW_REFUSALS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+static UPSTREAM_RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "upstream_retries_total",
+        "Retries by upstream and reason: connect, status (retry_on_status), timeout.",
+        &["upstream", "reason"],
+    )
+});
+
+static RETRY_BUDGET_EXHAUSTED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "upstream_retry_budget_exhausted_total",
+        "Retries not made because the upstream's retry budget was spent.",
+        &["upstream"],
+    )
+});
+
+static UPSTREAM_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "upstream_overflow_total",
+        "Requests answered 503 because the upstream had max_requests in flight.",
+        &["upstream"],
+    )
+});
+
+static DNS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "dns_lookups_total",
+        "Background lookups of upstream host names, by result: ok, failed.",
+        &["result"],
+    )
+});
+
 static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "config_reloads_total",
@@ -443,6 +475,24 @@ pub fn ext_authz_call(route: &str, outcome: &str, took: Duration) {
     EXT_AUTHZ_DURATION
         .with_label_values(&[route])
         .observe(took.as_secs_f64());
+}
+
+pub fn upstream_retry(upstream: &str, reason: &str) {
+    UPSTREAM_RETRIES
+        .with_label_values(&[upstream, reason])
+        .inc();
+}
+
+pub fn retry_budget_exhausted(upstream: &str) {
+    RETRY_BUDGET_EXHAUSTED.with_label_values(&[upstream]).inc();
+}
+
+pub fn upstream_overflow(upstream: &str) {
+    UPSTREAM_OVERFLOW.with_label_values(&[upstream]).inc();
+}
+
+pub fn dns_lookup(result: &str) {
+    DNS_LOOKUPS.with_label_values(&[result]).inc();
 }
 
 pub fn shadow_refusal(route: &str, reason: &str) {

@@ -19,6 +19,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// Sent after the body (HTTP/2 only): a gRPC answer's status.
+    pub trailers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
@@ -27,6 +29,7 @@ impl Reply {
             status,
             headers: vec![(CONTENT_TYPE, content_type)],
             body,
+            trailers: Vec::new(),
         }
     }
 
@@ -36,8 +39,22 @@ impl Reply {
         for (name, value) in &self.headers {
             header.append_header(name.clone(), value.clone())?;
         }
-        header.insert_header(CONTENT_LENGTH, self.body.len())?;
-        let head_only = session.req_header().method == http::Method::HEAD;
+        if !self.trailers.is_empty() {
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            let mut trailers = http::HeaderMap::with_capacity(self.trailers.len());
+            for (name, value) in &self.trailers {
+                trailers.append(name.clone(), value.clone());
+            }
+            return session.as_mut().write_response_trailers(trailers).await;
+        }
+        // RFC 9110 §8.6: no Content-Length on a 204 or 304, which never have a body.
+        let bodiless = matches!(self.status, 204 | 304);
+        if !bodiless {
+            header.insert_header(CONTENT_LENGTH, self.body.len())?;
+        }
+        let head_only = bodiless || session.req_header().method == http::Method::HEAD;
         session
             .write_response_header(Box::new(header), head_only)
             .await?;
@@ -48,6 +65,79 @@ impl Reply {
         }
         Ok(())
     }
+}
+
+/// Whether a request is a gRPC call, whose client reads `grpc-status`, not the HTTP status.
+pub fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl Reply {
+    /// The same answer for a gRPC client: HTTP 200 with no body, then trailers with the gRPC
+    /// code the HTTP status stands for in `grpc-status` and the description in
+    /// `grpc-message`. Other headers (the challenge, `retry-after`, the quota) are kept.
+    pub fn for_grpc(&self) -> Reply {
+        let code: u8 = match self.status {
+            400 => 3,                   // INVALID_ARGUMENT
+            401 => 16,                  // UNAUTHENTICATED
+            403 => 7,                   // PERMISSION_DENIED
+            404 => 12,                  // UNIMPLEMENTED
+            408 => 4,                   // DEADLINE_EXCEEDED
+            413 | 414 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+            500 => 13,                  // INTERNAL
+            502..=504 => 14,            // UNAVAILABLE
+            _ => 2,                     // UNKNOWN
+        };
+        // The most precise description there is: the JSON body's, the bearer challenge's,
+        // else the body's text.
+        let challenge = self
+            .headers
+            .iter()
+            .find(|(n, _)| *n == WWW_AUTHENTICATE)
+            .and_then(|(_, v)| v.to_str().ok())
+            .and_then(|v| v.split("error_description=\"").nth(1))
+            .and_then(|d| d.split('"').next());
+        let message = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error_description"].as_str().map(str::to_owned))
+            .or_else(|| challenge.map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
+        let mut headers: Vec<(HeaderName, HeaderValue)> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != CONTENT_TYPE)
+            .cloned()
+            .collect();
+        headers.push((CONTENT_TYPE, HeaderValue::from_static("application/grpc")));
+        let mut trailers = vec![(
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(u16::from(code)),
+        )];
+        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+            trailers.push((HeaderName::from_static("grpc-message"), v));
+        }
+        Reply {
+            status: 200,
+            headers,
+            body: Bytes::new(),
+            trailers,
+        }
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Why the gateway refused a request.
@@ -71,6 +161,8 @@ pub enum Rejection {
     },
     /// The route's external decision point refused, with this answer.
     External(Arc<external::Answer>),
+    /// A CORS preflight for an origin, method or header the route does not allow.
+    CorsRefused(&'static str),
 }
 
 impl From<AuthError> for Rejection {
@@ -96,7 +188,7 @@ impl Rejection {
             Rejection::UriTooLong => 414,
             Rejection::NotFound => 404,
             Rejection::Unauthorized(_) => 401,
-            Rejection::Forbidden(_) => 403,
+            Rejection::Forbidden(_) | Rejection::CorsRefused(_) => 403,
             Rejection::Limited(_) => 429,
             Rejection::LimiterUnavailable(_) | Rejection::Undecided { .. } => 503,
             Rejection::External(a) => a.status,
@@ -189,6 +281,11 @@ impl Responses {
                 "the request target is longer than the gateway takes",
             ),
             Rejection::NotFound => self.not_found.clone(),
+            Rejection::CorsRefused(why) => json_error(
+                403,
+                "cors_refused",
+                &format!("cross-origin preflight refused: {why}"),
+            ),
             Rejection::Forbidden(_) => self.forbidden.clone(),
             // Retry-After and the quota headers come from the rate limiter.
             Rejection::Limited(v) => json_error(
@@ -207,6 +304,7 @@ impl Responses {
                 status: a.status,
                 headers: a.headers.clone(),
                 body: a.body.clone(),
+                trailers: Vec::new(),
             },
             Rejection::Unauthorized(e) => {
                 match self.unauthorized_by_error.iter().find(|r| r.0 == e) {

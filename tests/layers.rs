@@ -10,6 +10,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "route",
         "rewrite",
+        "cors",
         "authenticate",
         "authorize",
         "rate_limit",

@@ -17,6 +17,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # shared rat
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)  # deflate WebSocket peers
 /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || missing+=(python3-jsonschema)  # checks configs against the schema
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)  # gRPC client and server
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)    # browser tests (CORS)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the unit file
 if [ ${#missing[@]} -gt 0 ]; then

@@ -625,15 +625,6 @@ async fn frames_pass_through_intact() {
     assert_eq!((code, reason.as_str()), (1000, "bye"));
 }
 
-/// Debian's interpreter, where `python3-websockets` is installed.
-fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 #[tokio::test]
 async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let port = free_port();
@@ -642,7 +633,7 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let script = common::repo_path("tests/support/ws_fixture.py");
     let server_script = script.clone();
     let _server = common::Proc(
-        std::process::Command::new(python())
+        std::process::Command::new(common::debian_python())
             .arg(&server_script)
             .args(["server", &port.to_string()])
             .arg(&log)
@@ -655,7 +646,7 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let second = user_token("alice", "agency-7", "4s");
     let url = format!("ws://127.0.0.1:{}/ws", gw.port);
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python())
+        std::process::Command::new(common::debian_python())
             .arg(&script)
             .args(["renew", &url, &first, &second])
             .output()

@@ -41,6 +41,9 @@ pub struct Config {
     /// `[upstreams.NAME]`: backends that routes forward to.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConf>,
+    /// `[dns]`: how upstream targets given by host name are resolved and kept fresh.
+    #[serde(default)]
+    pub dns: DnsConf,
     /// `[[routes]]`: what is reachable, and who may reach it.
     #[serde(default)]
     pub routes: Vec<RouteConf>,
@@ -429,6 +432,11 @@ pub struct ServerConf {
     /// Default: `/tmp/portcullis_upgrade.sock`.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// Take HTTP/2 without TLS on the plain listeners, by prior knowledge (h2c): what gRPC
+    /// clients speak to a plaintext address. HTTP/1.1 clients are unaffected. Read at start
+    /// only. Default: true.
+    #[serde(default = "default_true")]
+    pub h2c: bool,
     /// `[server.tls]`: HTTPS listeners. Read at start only.
     pub tls: Option<EdgeTlsConf>,
 }
@@ -1009,6 +1017,191 @@ pub struct UpstreamConf {
     pub tls: Option<UpstreamTlsConf>,
     /// `[upstreams.NAME.health_check]`: probe each target; one found down gets no traffic.
     pub health_check: Option<HealthCheckConf>,
+    /// `http1` (default) or `http2`: HTTP/2 by ALPN with `tls`, else by prior knowledge
+    /// (h2c). gRPC backends need `http2`. Requests of many clients share an HTTP/2
+    /// connection, up to `max_streams` at once.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// With `protocol = "http2"`: concurrent requests per connection. Default: 100.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// Responses with these statuses (500 to 599, typically `[502, 503, 504]`) are retried,
+    /// within `retries`, when the request is safe to send again: an idempotent method (GET,
+    /// HEAD, OPTIONS, PUT, DELETE) or an `Idempotency-Key` header, and a body that was empty
+    /// or is still held whole (up to 64 KiB). The last attempt's answer goes to the client.
+    /// Default: none.
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
+    /// An upstream that does not answer within `read_timeout` is retried, on the same
+    /// terms as `retry_on_status`, while nothing of its response reached the client.
+    /// Default: false.
+    #[serde(default)]
+    pub retry_on_timeout: bool,
+    /// First wait before a retry of a request the upstream received; each next one waits up
+    /// to twice as long, at most ten times this, with full jitter. Default: 25ms.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_backoff: Duration,
+    /// `[upstreams.NAME.retry_budget]`: how many retries the upstream may get.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConf,
+    /// `[upstreams.NAME.circuit_breaker]`: stop sending to a target that keeps failing.
+    pub circuit_breaker: Option<CircuitBreakerConf>,
+    /// Most requests in flight to this upstream at once; beyond it, 503 at once (counted in
+    /// `portcullis_upstream_overflow_total`). WebSockets are not counted. Default: no cap.
+    pub max_requests: Option<usize>,
+}
+
+/// `[dns]`. A target given as `host:port` stands for every address of the host. Names are
+/// resolved when the config loads (a name that does not resolve fails the check), then again
+/// in the background: when the answer changes, the upstream's targets change with it, without
+/// a reload; when resolution fails, the last answer is kept.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConf {
+    /// Name servers (`ip:port`) asked directly; each answer is asked again when its TTL runs
+    /// out, within `min_ttl` and `max_ttl`. Default: none, the system resolver
+    /// (`/etc/hosts`, then `/etc/resolv.conf`), which tells no TTL: asked every `refresh`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// With the system resolver: how often names are resolved again. Default: 30s.
+    #[serde(default = "default_dns_refresh", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub refresh: Duration,
+    /// Shortest time an answer is kept. Default: 1s.
+    #[serde(default = "default_dns_min_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub min_ttl: Duration,
+    /// Longest time an answer is kept, whatever its TTL. Default: 5m.
+    #[serde(default = "default_dns_max_ttl", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_ttl: Duration,
+    /// How long one lookup may take. Default: 2s.
+    #[serde(default = "default_dns_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+}
+
+impl Default for DnsConf {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            refresh: default_dns_refresh(),
+            min_ttl: default_dns_min_ttl(),
+            max_ttl: default_dns_max_ttl(),
+            timeout: default_dns_timeout(),
+        }
+    }
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dns_min_ttl() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_dns_max_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// How the gateway speaks to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+fn default_max_streams() -> usize {
+    100
+}
+
+/// `[upstreams.NAME.retry_budget]`, as Envoy's retry budgets: retries of requests the upstream
+/// received (5xx and timeouts) may add at most `ratio` to the requests of the last `window`,
+/// or `min_retries`, whichever is more, so that retries cannot multiply an outage.
+/// Connection failures are not counted: nothing reached the backend.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConf {
+    /// Default: 0.2.
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Default: 3.
+    #[serde(default = "default_budget_min")]
+    pub min_retries: u32,
+    /// Default: 10s.
+    #[serde(default = "default_budget_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+}
+
+impl Default for RetryBudgetConf {
+    fn default() -> Self {
+        Self {
+            ratio: default_budget_ratio(),
+            min_retries: default_budget_min(),
+            window: default_budget_window(),
+        }
+    }
+}
+
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    3
+}
+fn default_budget_window() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[upstreams.NAME.circuit_breaker]`, per target. A failure is a 5xx answer, a timeout or a
+/// failed connection. After `consecutive_failures` in a row, or a `failure_ratio` of at least
+/// `min_requests` in the last `window`, the target is open (no traffic) for `open_for`; then
+/// `half_open_probes` requests try it: one success closes it, one failure opens it again.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConf {
+    /// Default: 5.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// 0 to 1. Default: 0.5.
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    /// Default: 20.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Default: 10s.
+    #[serde(default = "default_budget_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    /// Default: 10s.
+    #[serde(default = "default_budget_window", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub open_for: Duration,
+    /// Default: 1.
+    #[serde(default = "default_probes")]
+    pub half_open_probes: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_probes() -> u32 {
+    1
 }
 
 /// `[upstreams.NAME.health_check]`. Targets count as up until probes say otherwise.
@@ -1198,6 +1391,43 @@ pub struct RouteConf {
     pub request_buffering: bool,
     /// `[routes.websocket]`: take WebSocket upgrades on this route.
     pub websocket: Option<RouteWebSocketConf>,
+    /// `[routes.cors]`: let pages on other origins call this route from a browser.
+    pub cors: Option<CorsConf>,
+}
+
+/// `[routes.cors]`: cross-origin calls from browsers. A preflight (`OPTIONS` with `Origin`
+/// and `Access-Control-Request-Method`) for a method the route takes is answered by the
+/// gateway, without a token: 204 when the origin, the method and the headers are allowed,
+/// 403 otherwise. Every other answer to an allowed origin, the gateway's own 401, 403 and
+/// 429 included, carries `Access-Control-Allow-Origin`, so the page can read it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConf {
+    /// Origins that may call: exact (`https://desk.example.com`), every subdomain of a
+    /// domain (`https://*.example.com`), or `"*"` (any origin, not with
+    /// `allow_credentials`).
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: the route's methods.
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for. Default: `authorization`, `content-type`.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers a page may read besides the safelisted ones. Default: those the
+    /// gateway sets (`www-authenticate`, `retry-after`, `x-request-id`, the rate-limit
+    /// headers).
+    pub expose_headers: Option<Vec<String>>,
+    /// Calls may carry cookies or a client certificate (`Access-Control-Allow-Credentials`).
+    /// Default: false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may keep a preflight's answer. Default: 10m (Chromium keeps at
+    /// most 2h).
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_age: Duration,
+}
+
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Headers a route removes and sets.

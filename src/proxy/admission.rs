@@ -13,6 +13,7 @@ use crate::authenticate::{bearer_token, AuthError, Principal};
 use crate::authorize::external::{self, ExtAuthz, Verdict};
 use crate::authorize::{self, Forbidden, Granted};
 use crate::config::{Access, OnError};
+use crate::cors::{self, Preflight};
 use crate::identity::IdentityValues;
 use crate::metrics;
 use crate::rate_limit::{self, Caller};
@@ -47,6 +48,8 @@ pub struct Facts {
     pub shadowed: Option<Rejection>,
     /// What the route's external decision point decided: `allow`, `deny`, `error`.
     pub ext_authz: Option<&'static str>,
+    /// The route's CORS headers for this request's origin, on every answer.
+    pub cors: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// A request cleared to reach an upstream. Only admission makes one, so nothing can connect
@@ -87,8 +90,8 @@ impl Pass {
 
     /// The path for the upstream, when it differs from what the client sent: the routed
     /// (normalized) path, or the route's rewrite of it.
-    pub fn take_upstream_path(&mut self) -> Option<String> {
-        self.upstream_path.take()
+    pub fn upstream_path(&self) -> Option<&str> {
+        self.upstream_path.as_deref()
     }
 
     /// The consumer, for upstreams that pick targets by consistent hashing.
@@ -112,6 +115,8 @@ impl Pass {
 pub enum Decision<'s> {
     Forward(Pass),
     Respond(&'s Reply),
+    /// A CORS preflight the route allows: 204 with these headers.
+    Preflight(Vec<(HeaderName, HeaderValue)>),
 }
 
 /// The outcome of admission.
@@ -141,13 +146,26 @@ async fn decide<'s>(
     within_limits(req, &snap.server)?;
 
     // 1. Route: on the normalized path, so the backend serves exactly what was authorized.
+    // A CORS preflight is routed as the request it asks about, and answered here: browsers
+    // send it without credentials.
     let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
+    let preflight = cors::preflight_method(req);
+    let method = preflight.as_ref().unwrap_or(&req.method);
     let id = snap
         .router
-        .find_id(host_of(req), &path, &req.method)
+        .find_id(host_of(req), &path, method)
         .ok_or(Rejection::NotFound)?;
     facts.route = Some(id);
     let route = &snap.router[id];
+    if let Some(cors) = &route.cors {
+        if let Some(method) = &preflight {
+            return match cors.preflight(req, method) {
+                Preflight::Allowed(headers) => Ok(Decision::Preflight(headers)),
+                Preflight::Refused(why) => Err(Rejection::CorsRefused(why)),
+            };
+        }
+        facts.cors = cors.response_headers(req);
+    }
 
     // 2. Authenticate.
     if route.access == Access::Authenticated {
@@ -520,12 +538,12 @@ respond = {{ body = "hi" }}
         let t = token(&["agent"]);
         let a = decide(&snap, &request("GET", "/%61gents/7", Some(&t))).await;
         assert_eq!(a.facts.granted, Some(Granted::Rule(0)), "{:?}", a.decision);
-        let Ok(Decision::Forward(mut pass)) = a.decision else {
+        let Ok(Decision::Forward(pass)) = a.decision else {
             panic!("{:?}", a.decision);
         };
         assert_eq!(snap.upstreams[pass.upstream()].name.as_ref(), "backend");
         assert!(pass.identity().is_some());
-        assert_eq!(pass.take_upstream_path().as_deref(), Some("/agents/7"));
+        assert_eq!(pass.upstream_path(), Some("/agents/7"));
         assert!(!pass.is_websocket());
     }
 

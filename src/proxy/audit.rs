@@ -32,6 +32,7 @@ pub fn reason(rejection: &Rejection, limiter: Option<&RateLimiter>) -> Cow<'stat
         Rejection::LimiterUnavailable(_) => Cow::Borrowed("rate_limit_store_unavailable"),
         Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
         Rejection::External(_) => Cow::Borrowed("ext_authz_denied"),
+        Rejection::CorsRefused(_) => Cow::Borrowed("cors_refused"),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::metrics;
 use crate::request_id;
 use crate::snapshot::{Route, Snapshot};
 use crate::tls::{self, ClientCert};
-use crate::upstream::{Attempts, Upstream};
+use crate::upstream::{Attempts, InFlightGuard, Upstream};
 
 /// What the gateway knows about the client's connection.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +48,10 @@ pub struct Forwarding {
     pub attempts: Attempts,
     /// Request body bytes sent on so far, against the route's limit.
     pub body_read: u64,
+    /// The request's place under the upstream's `max_requests`.
+    pub in_flight: Option<InFlightGuard>,
+    /// The last attempt's answer was turned into an error to retry it.
+    pub retrying: bool,
 }
 
 impl Forwarding {
@@ -118,6 +122,7 @@ impl RequestCtx {
             HeaderName::from_static(request_id::HEADER),
             self.request_id.clone(),
         ));
+        headers.extend(self.facts.cors.iter().cloned());
         headers
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
@@ -21,10 +22,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::metrics;
 use crate::request_id;
-use crate::respond::Reply;
+use crate::respond::{self, Reply};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::ClientCert;
-use crate::upstream::Attempts;
+use crate::upstream::{retry, Attempts, RetryReason};
 use crate::websocket::{handshake, registry::Registry};
 use admission::{Client, Decision};
 use context::Forwarding;
@@ -52,6 +53,10 @@ impl Gateway {
 /// Writes one of the gateway's own answers; the connection stays reusable.
 async fn respond(session: &mut Session, ctx: &RequestCtx, mut reply: Reply) -> Result<bool> {
     reply.headers.extend(ctx.answer_headers());
+    // A refusal to a gRPC call must be one its client can read.
+    if reply.status >= 400 && respond::is_grpc(session.req_header()) {
+        reply = reply.for_grpc();
+    }
     reply.send(session).await?;
     Ok(true)
 }
@@ -76,10 +81,11 @@ fn prepare_upstream_request(
     }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
     req.insert_header(request_id::HEADER, request_id.clone())?;
-    if let Some(path) = forwarding.pass.take_upstream_path() {
+    // Read, not taken: a retry builds the upstream request again.
+    if let Some(path) = forwarding.pass.upstream_path() {
         let uri = match req.uri.query() {
             Some(q) => format!("{path}?{q}"),
-            None => path,
+            None => path.to_string(),
         };
         let uri = http::Uri::try_from(uri).map_err(|e| {
             Error::because(ErrorType::InternalError, "normalized path is not a URI", e)
@@ -87,6 +93,13 @@ fn prepare_upstream_request(
         req.set_uri(uri);
     }
     Ok(())
+}
+
+/// Whether the request may be sent to the upstream again: safe to repeat, and its body, if
+/// any, still held whole.
+fn resendable(session: &Session) -> bool {
+    let req = session.req_header();
+    retry::idempotent(&req.method, &req.headers) && !session.as_ref().retry_buffer_truncated()
 }
 
 /// Pingora calls the upstream phases only after `request_filter` let a request through, which
@@ -139,15 +152,31 @@ impl ProxyHttp for Gateway {
                     session.set_keepalive(None);
                     return respond(session, ctx, refused.reply()).await;
                 }
-                let attempts = Attempts::timed(&snap.upstreams[pass.upstream()]);
+                let upstream = &snap.upstreams[pass.upstream()];
+                let Some(in_flight) = upstream.enter() else {
+                    metrics::upstream_overflow(&upstream.name);
+                    let reply = snap.responses.upstream_failure(503);
+                    return respond(session, ctx, reply).await;
+                };
                 ctx.forwarding = Some(Forwarding {
+                    attempts: Attempts::timed(upstream),
                     pass,
-                    attempts,
                     body_read: 0,
+                    in_flight,
+                    retrying: false,
                 });
                 Ok(false)
             }
             Ok(Decision::Respond(reply)) => respond(session, ctx, reply.clone()).await,
+            Ok(Decision::Preflight(headers)) => {
+                let reply = Reply {
+                    status: 204,
+                    headers,
+                    body: Bytes::new(),
+                    trailers: Vec::new(),
+                };
+                respond(session, ctx, reply).await
+            }
             Err(rejection) => respond(session, ctx, snap.responses.reply(rejection)).await,
         }
     }
@@ -160,6 +189,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         let forwarding = ctx.forwarding.as_mut().ok_or_else(unadmitted)?;
         let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+        if let Some(wait) = forwarding.attempts.take_backoff(upstream) {
+            tokio::time::sleep(wait).await;
+        }
         forwarding
             .attempts
             .next_peer(upstream, forwarding.pass.affinity())
@@ -206,6 +238,71 @@ impl ProxyHttp for Gateway {
             })?;
         }
         Ok(())
+    }
+
+    /// The upstream's answer has arrived, and nothing of it was sent on: an answer listed in
+    /// `retry_on_status` is turned into a retry while the request may be resent.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(forwarding) = ctx.forwarding.as_mut() else {
+            return Ok(());
+        };
+        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+        let status = upstream_response.status.as_u16();
+        forwarding.attempts.settle(upstream, status < 500);
+        if upstream.retry.retries_status(status)
+            && resendable(session)
+            && forwarding.attempts.retry(upstream, RetryReason::Status)
+        {
+            forwarding.retrying = true;
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retried");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// An attempt failed after its connection was made: a read timeout is retried when the
+    /// upstream says so; a pooled connection the upstream had closed is tried again, as
+    /// Pingora does by default. Only requests that are safe to resend, and never once the
+    /// client has seen any of the answer.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let Some(forwarding) = ctx.forwarding.as_mut() else {
+            e.set_retry(false);
+            return e;
+        };
+        if std::mem::take(&mut forwarding.retrying) {
+            return e;
+        }
+        if !resendable(session) || session.response_written().is_some() {
+            e.set_retry(false);
+            return e;
+        }
+        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+        // A pooled connection closed under us says nothing about the target.
+        let stale_connection = client_reused && e.retry.retry();
+        if !stale_connection {
+            forwarding.attempts.settle(upstream, false);
+        }
+        if e.etype == ErrorType::ReadTimedout && upstream.retry.on_timeout {
+            let again = forwarding.attempts.retry(upstream, RetryReason::Timeout);
+            e.set_retry(again);
+            return e;
+        }
+        e.retry.decide_reuse(client_reused);
+        e
     }
 
     /// A connection attempt failed: another target may take the request.
@@ -282,7 +379,12 @@ impl ProxyHttp for Gateway {
             }
         }
         for (name, value) in ctx.answer_headers() {
-            upstream_response.insert_header(name, value)?;
+            // The upstream's own Vary still holds; the gateway's adds to it.
+            if name == http::header::VARY {
+                upstream_response.append_header(name, value)?;
+            } else {
+                upstream_response.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -308,6 +410,10 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let took = ctx.started.elapsed();
+        if let Some(forwarding) = ctx.forwarding.as_mut() {
+            let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+            forwarding.attempts.finish(upstream);
+        }
         // Nobody was answered: the client left first (nginx's 499).
         let status = session
             .response_written()

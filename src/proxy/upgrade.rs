@@ -40,6 +40,8 @@ pub async fn serve(
         attempts: Attempts::untimed(upstream),
         pass,
         body_read: 0,
+        in_flight: None,
+        retrying: false,
     });
     let mut req = session.req_header().clone();
     prepare_upstream_request(
@@ -78,7 +80,13 @@ pub async fn serve(
         backend.write_request_header(Box::new(req)).await?;
         backend.read_response().await
     };
-    if let Err(e) = answered.await {
+    let answered = answered.await;
+    let ok = answered.is_ok()
+        && backend
+            .resp_header()
+            .is_some_and(|r| r.status.as_u16() < 500);
+    forwarding.attempts.settle(upstream, ok);
+    if let Err(e) = answered {
         log::warn!("upstream {peer}: websocket handshake: {e}");
         let status = UpstreamFailure::classify(&e).status();
         return failure::answer(session, ctx, status.max(502)).await;

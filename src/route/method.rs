@@ -65,6 +65,15 @@ impl MethodSet {
     pub fn is_all(self) -> bool {
         self == Self::ALL
     }
+
+    /// The named methods in the set, in a fixed order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        NAMES
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| *n)
+    }
 }
 
 #[cfg(test)]

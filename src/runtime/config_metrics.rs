@@ -33,6 +33,7 @@ struct SnapshotCollector {
     cached_tokens: IntGauge,
     introspection_entries: IntGaugeVec,
     target_up: IntGaugeVec,
+    circuit: IntGaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -78,7 +79,15 @@ impl SnapshotCollector {
             ),
             &["upstream", "target"],
         )?;
+        let circuit = IntGaugeVec::new(
+            Opts::new(
+                "upstream_circuit_state",
+                "Per target of an upstream with a circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["upstream", "target"],
+        )?;
         let descs = [
+            circuit.desc(),
             generation.desc(),
             key_fetches.desc(),
             key_age.desc(),
@@ -100,6 +109,7 @@ impl SnapshotCollector {
             cached_tokens,
             introspection_entries,
             target_up,
+            circuit,
             descs,
         })
     }
@@ -151,11 +161,16 @@ impl Collector for SnapshotCollector {
                     .set(i64::try_from(introspector.cached()).unwrap_or(i64::MAX));
             }
         }
+        self.circuit.reset();
         for (_, upstream) in snap.upstreams.iter() {
             for (i, target) in upstream.targets().iter().enumerate() {
+                let labels = [&*upstream.name, &target.to_string()];
                 self.target_up
-                    .with_label_values(&[&*upstream.name, &target.to_string()])
+                    .with_label_values(&labels)
                     .set(i64::from(upstream.available(i)));
+                if let Some(state) = upstream.circuit(i) {
+                    self.circuit.with_label_values(&labels).set(state as i64);
+                }
             }
         }
         [
@@ -166,6 +181,7 @@ impl Collector for SnapshotCollector {
             self.cached_tokens.collect(),
             self.introspection_entries.collect(),
             self.target_up.collect(),
+            self.circuit.collect(),
         ]
         .into_iter()
         .flatten()

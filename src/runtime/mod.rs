@@ -1,10 +1,11 @@
 //! The runtime: what drives the compiled config over time. Reload on SIGHUP, key refresh,
-//! health checks, WebSocket eviction orders, the client connection cap, the admin listener, config metrics, and the
+//! health checks, DNS re-resolution, WebSocket eviction orders, the client connection cap, the admin listener, config metrics, and the
 //! process lifecycle. It sits above the snapshot; nothing below imports it.
 
 pub mod admin;
 pub mod config_metrics;
 pub mod connections;
+pub mod dns_refresh;
 pub mod eviction;
 pub mod health_check;
 pub mod key_refresh;

@@ -22,7 +22,8 @@ use crate::logs::{Destination, Logs};
 use crate::rate_limit::RateLimiter;
 use crate::respond::Responses;
 use crate::route::Router;
-use crate::upstream::{Upstream, Upstreams};
+use crate::upstream::dns::{Answers, Resolver};
+use crate::upstream::{self, Upstream, Upstreams};
 use crate::websocket;
 
 pub use routes::{Action, BodyPolicy, Route};
@@ -46,13 +47,42 @@ pub struct Snapshot {
     pub(crate) logging: (Destination, Destination),
     /// The open logs; empty until [`Snapshot::open_logs`].
     pub(crate) logs: Logs,
+    /// `[dns]`, and what the upstreams' host names resolved to.
+    pub(crate) resolver: Resolver,
+    pub(crate) answers: Answers,
+    /// The parsed file this snapshot came from, to compile it again with new DNS answers.
+    origin: Option<Arc<(Config, Source)>>,
 }
 
 impl Snapshot {
     /// Loads and compiles a config file.
     pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
         let (config, source) = config::load(path)?;
-        Self::compile(&config, &source, previous).map_err(|e| source.locate(e))
+        let mut snapshot =
+            Self::compile(&config, &source, previous).map_err(|e| source.locate(e))?;
+        snapshot.origin = Some(Arc::new((config, source)));
+        Ok(snapshot)
+    }
+
+    /// This snapshot's config compiled again with new DNS answers (all of them, old and new),
+    /// taking over everything else as a reload does. `None` for a snapshot not loaded from
+    /// a file.
+    pub fn with_answers(&self, answers: Answers) -> Option<Result<Snapshot, ConfigError>> {
+        let origin = self.origin.clone()?;
+        let (config, source) = &*origin;
+        let next = Self::compile_with(config, source, Some(self), Some(answers))
+            .map_err(|e| source.locate(e))
+            .and_then(|mut next| {
+                next.origin = Some(origin.clone());
+                next.open_logs(Some(self))?;
+                Ok(next)
+            });
+        Some(next)
+    }
+
+    /// The host names the upstreams' targets are given by, with what they resolved to.
+    pub fn dns(&self) -> (&Resolver, &Answers) {
+        (&self.resolver, &self.answers)
     }
 
     /// Compiles a parsed config. Key stores, introspectors, rate-limit stores and target
@@ -62,6 +92,17 @@ impl Snapshot {
         config: &Config,
         source: &Source,
         previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, Invalid> {
+        Self::compile_with(config, source, previous, None)
+    }
+
+    /// [`Snapshot::compile`], with the upstreams' host names resolved now unless `answers`
+    /// are given.
+    fn compile_with(
+        config: &Config,
+        source: &Source,
+        previous: Option<&Snapshot>,
+        answers: Option<Answers>,
     ) -> Result<Snapshot, Invalid> {
         let root = KeyPath::root();
         let relative = |p: &Path| source.relative(p);
@@ -94,10 +135,15 @@ impl Snapshot {
             })?;
         }
 
+        let resolver = Resolver::compile(&config.dns, &root.key("dns"))?;
+        let answers = match answers {
+            Some(a) => a,
+            None => resolve(config, &resolver)?,
+        };
         let mut upstreams = Upstreams::default();
         for (name, conf) in &config.upstreams {
             let at = root.key("upstreams").key(name);
-            let upstream = Upstream::compile(name, conf, &at, relative)?;
+            let mut upstream = Upstream::compile(name, conf, &at, relative, &answers)?;
             if let Some(before) =
                 previous.and_then(|p| p.upstreams.find(name).map(|id| &p.upstreams[id]))
             {
@@ -147,6 +193,9 @@ impl Snapshot {
                 Destination::parse(&config.logging.audit_log, relative),
             ),
             logs: Logs::default(),
+            resolver,
+            answers,
+            origin: None,
         })
     }
 
@@ -192,7 +241,45 @@ impl Snapshot {
             if !upstream.has_healthy_target() {
                 reasons.push(format!("upstream {}: no healthy target", upstream.name));
             }
+            if upstream.all_circuits_open() {
+                reasons.push(format!(
+                    "upstream {}: every target's circuit is open",
+                    upstream.name
+                ));
+            }
         }
         reasons
     }
+}
+
+/// Resolves every host name the upstreams' targets are given by; one that does not resolve
+/// is an error at its upstream's `targets`.
+fn resolve(config: &Config, resolver: &Resolver) -> Result<Answers, Invalid> {
+    let mut names: Vec<(String, &str)> = Vec::new();
+    for (upstream, conf) in &config.upstreams {
+        for name in upstream::host_names(conf) {
+            names.push((name.to_string(), upstream));
+        }
+    }
+    let targets: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+    let mut answers = Answers::new();
+    for ((target, result), (_, upstream)) in resolver
+        .lookup_all_blocking(&targets)
+        .into_iter()
+        .zip(&names)
+    {
+        match result {
+            Ok(answer) => {
+                answers.insert(target, answer.addrs);
+            }
+            Err(e) => {
+                let at = KeyPath::root()
+                    .key("upstreams")
+                    .key(upstream)
+                    .key("targets");
+                return Err(Invalid::new(at, format!("cannot resolve {target:?}: {e}")));
+            }
+        }
+    }
+    Ok(answers)
 }

@@ -8,6 +8,7 @@ use crate::authenticate::{Authenticator, IssuerId};
 use crate::authorize::external::ExtAuthz;
 use crate::authorize::{Policy, Rule, RuleContext};
 use crate::config::{Access, CallerKind, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
+use crate::cors::Cors;
 use crate::rate_limit::{GroupId, Groups};
 use crate::respond::Reply;
 use crate::rewrite::{HeaderEdits, Rewrite};
@@ -45,6 +46,8 @@ pub struct Route {
     pub rewrite: Option<Rewrite>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
+    /// Cross-origin calls from browsers.
+    pub cors: Option<Cors>,
 }
 
 /// A route's request bodies.
@@ -249,6 +252,13 @@ impl Route {
             Some(_) if matches!(action, Action::Respond(_)) => {
                 return Err(err("websocket", "WebSockets need an `upstream`"));
             }
+            Some(_) if matches!(action, Action::Forward(id) if names.upstreams[id].speaks_http2()) =>
+            {
+                return Err(err(
+                    "websocket",
+                    "WebSockets are relayed over HTTP/1.1: the upstream has protocol = \"http2\"",
+                ));
+            }
             Some(ws) if ws.token_from.is_empty() => {
                 return Err(err("websocket", "token_from needs at least one source"));
             }
@@ -294,6 +304,12 @@ impl Route {
             ));
         }
 
+        let cors = r
+            .cors
+            .as_ref()
+            .map(|c| Cors::compile(c, pattern.methods, &at.key("cors")))
+            .transpose()?;
+
         Ok(Route {
             name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
             pattern,
@@ -312,6 +328,7 @@ impl Route {
             rewrite,
             request_headers,
             response_headers,
+            cors,
         })
     }
 }

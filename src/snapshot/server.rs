@@ -35,6 +35,8 @@ pub struct ServerSettings {
     /// HTTPS listeners and their TLS setup.
     pub tls_listen: Vec<SocketAddr>,
     pub tls: Option<EdgeTls>,
+    /// HTTP/2 by prior knowledge on the plain listeners.
+    pub h2c: bool,
     /// The `[server.tls]` table as written, to tell whether a reload changed it.
     pub tls_conf: Option<EdgeTlsConf>,
 }
@@ -117,6 +119,7 @@ impl ServerSettings {
             admin_listen,
             tls_listen,
             tls,
+            h2c: s.h2c,
             tls_conf: s.tls.clone(),
         })
     }
@@ -141,6 +144,9 @@ impl ServerSettings {
         }
         if self.admin_listen != next.admin_listen {
             changed.push("admin.listen");
+        }
+        if self.h2c != next.h2c {
+            changed.push("server.h2c");
         }
         if self.tls_listen != next.tls_listen || self.tls_conf != next.tls_conf {
             changed.push("server.tls");

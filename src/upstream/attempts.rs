@@ -2,11 +2,12 @@
 //! give up. Proxied requests (through Pingora's `upstream_peer` / `fail_to_connect`) and the
 //! WebSocket upgrades the gateway connects itself both go through it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
 
-use super::Upstream;
+use super::{RetryReason, Upstream};
+use crate::{clock, metrics};
 
 /// Why there is no peer for another attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,23 +29,36 @@ pub struct Attempts {
     retries_left: usize,
     /// The target of the current attempt.
     target: Option<usize>,
+    /// Whether the current attempt is a half-open circuit's probe.
+    probe: bool,
+    /// Whether the current attempt's outcome was given to the target's circuit.
+    settled: bool,
     /// When the exchange must be over (the upstream's `timeout`), once the first attempt
     /// starts; `None` without a timeout or when untimed.
     deadline: Option<Instant>,
     timed: bool,
-    /// Whether an attempt of this request failed.
+    /// Whether an attempt of this request failed to connect.
     failed: bool,
+    /// Retries of this request after the upstream had received it.
+    resent: u32,
+    /// The next attempt waits its backoff first.
+    backoff_due: bool,
 }
 
 impl Attempts {
     /// Attempts for a proxied exchange, bounded by the upstream's `timeout` from the first.
     pub fn timed(upstream: &Upstream) -> Self {
+        upstream.retry.count_request(clock::process_millis());
         Self {
             retries_left: upstream.retries,
             target: None,
+            probe: false,
+            settled: true,
             deadline: None,
             timed: true,
             failed: false,
+            resent: 0,
+            backoff_due: false,
         }
     }
 
@@ -68,23 +82,30 @@ impl Attempts {
         if self.timed && self.deadline.is_none() {
             self.deadline = upstream.timeout.map(|t| now + t);
         }
-        let time_left = self.deadline.map(|d| d.saturating_duration_since(now));
+        let time_left = self.time_left(now);
         if time_left.is_some_and(|t| t.is_zero()) {
             return Err(NoPeer::TimedOut);
         }
-        // Every target down or ejected: answer now rather than wait on a dead one.
-        let target = upstream.pick(key).ok_or(if self.failed {
+        // Every target down, ejected or open: answer now rather than wait on a dead one.
+        let pick = upstream.pick(key).ok_or(if self.failed {
             NoPeer::Failed
         } else {
             NoPeer::Unavailable
         })?;
-        self.target = Some(target);
-        Ok(upstream.peer(target, time_left))
+        self.target = Some(pick.target);
+        self.probe = pick.probe;
+        self.settled = false;
+        Ok(upstream.peer(pick.target, time_left))
+    }
+
+    fn time_left(&self, now: Instant) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(now))
     }
 
     /// The current attempt could not connect: its target is ejected. Whether another attempt
     /// may be made: nothing reached the backend, so any method may go to another target.
     pub fn failed(&mut self, upstream: &Upstream) -> bool {
+        self.settle(upstream, false);
         if let Some(target) = self.target {
             upstream.eject(target);
         }
@@ -93,7 +114,55 @@ impl Attempts {
             return false;
         }
         self.retries_left -= 1;
+        metrics::upstream_retry(&upstream.name, RetryReason::Connect.as_str());
         true
+    }
+
+    /// Gives the current attempt's outcome to its target's circuit, once.
+    pub fn settle(&mut self, upstream: &Upstream, ok: bool) {
+        if let (Some(target), false) = (self.target, self.settled) {
+            upstream.record_outcome(target, self.probe, ok);
+            self.settled = true;
+        }
+    }
+
+    /// Whether a request the upstream received may be sent again, for `reason`: an attempt
+    /// is left, time is left, and the upstream's retry budget has one. The caller has checked
+    /// that the request is safe to resend.
+    pub fn retry(&mut self, upstream: &Upstream, reason: RetryReason) -> bool {
+        if self.retries_left == 0 || self.time_left(Instant::now()).is_some_and(|t| t.is_zero()) {
+            return false;
+        }
+        if !upstream.retry.take_budget(clock::process_millis()) {
+            metrics::retry_budget_exhausted(&upstream.name);
+            return false;
+        }
+        self.retries_left -= 1;
+        self.resent += 1;
+        self.backoff_due = true;
+        metrics::upstream_retry(&upstream.name, reason.as_str());
+        true
+    }
+
+    /// The wait before the next attempt, when it resends a request the upstream received:
+    /// jittered, and never past the deadline.
+    pub fn take_backoff(&mut self, upstream: &Upstream) -> Option<Duration> {
+        if !std::mem::take(&mut self.backoff_due) {
+            return None;
+        }
+        let wait = upstream.retry.backoff(self.resent);
+        Some(match self.time_left(Instant::now()) {
+            Some(left) => wait.min(left),
+            None => wait,
+        })
+    }
+
+    /// The request is over: a probe that got no outcome gives its place back.
+    pub fn finish(&mut self, upstream: &Upstream) {
+        if let (Some(target), false, true) = (self.target, self.settled, self.probe) {
+            upstream.release_probe(target);
+            self.settled = true;
+        }
     }
 
     /// The target of the current (or last) attempt.
@@ -115,7 +184,14 @@ mod tests {
     fn upstream(targets: &str, retries: usize) -> Upstream {
         let conf: UpstreamConf =
             toml::from_str(&format!("targets = {targets}\nretries = {retries}")).expect("conf");
-        Upstream::compile("u", &conf, &KeyPath::root(), |p| p.to_path_buf()).expect("compile")
+        Upstream::compile(
+            "u",
+            &conf,
+            &KeyPath::root(),
+            |p| p.to_path_buf(),
+            &Default::default(),
+        )
+        .expect("compile")
     }
 
     #[test]

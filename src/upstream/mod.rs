@@ -1,11 +1,17 @@
 //! Upstreams: where a forwarded request goes, and how the gateway talks to it.
 
 mod attempts;
+pub mod breaker;
+pub mod dns;
 pub mod health;
+pub mod retry;
+mod window;
 
 pub use attempts::{Attempts, NoPeer};
+pub use breaker::{CircuitState, InFlightGuard};
+pub use retry::RetryReason;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,7 +22,9 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::CertKey;
 
 use crate::clock;
-use crate::config::{Balance, HealthCheckConf, HealthCheckKind, TargetConf, UpstreamConf};
+use crate::config::{
+    Balance, HealthCheckConf, HealthCheckKind, TargetConf, UpstreamConf, UpstreamProtocol,
+};
 use crate::config::{Invalid, KeyPath};
 use crate::tls;
 use health::TargetHealth;
@@ -70,6 +78,14 @@ impl std::ops::Index<UpstreamId> for Upstreams {
     }
 }
 
+/// A target chosen for an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub target: usize,
+    /// The attempt is a half-open circuit's probe: its outcome decides the circuit.
+    pub probe: bool,
+}
+
 /// TLS to an upstream, compiled.
 #[derive(Debug)]
 struct UpstreamTls {
@@ -95,6 +111,8 @@ pub struct Upstream {
     /// Connection attempts after the first that may go to another target.
     pub retries: usize,
     tls: Option<UpstreamTls>,
+    /// HTTP/2 (with its concurrent streams per connection), or HTTP/1.1.
+    http2: Option<usize>,
     /// Per target: milliseconds on the process clock until which it gets no traffic.
     ejected_until: Vec<AtomicU64>,
     ejection: Duration,
@@ -102,17 +120,24 @@ pub struct Upstream {
     health: Vec<TargetHealth>,
     /// Process-clock milliseconds of the next health check round.
     next_check: AtomicU64,
+    pub retry: retry::RetryPolicy,
+    breaker: Option<breaker::BreakerPolicy>,
+    /// Per target, when `breaker` is set.
+    breakers: Vec<breaker::Breaker>,
+    in_flight: breaker::InFlight,
+    max_requests: Option<usize>,
 }
 
 impl Upstream {
-    /// Compiles `[upstreams.NAME]` (at `at`). Resolves the targets and reads TLS material
-    /// now, so a typo fails the config check instead of requests. `relative` resolves paths
-    /// against the config file's directory.
+    /// Compiles `[upstreams.NAME]` (at `at`), its host names by `answers` (see
+    /// [`host_names`]). Reads TLS material now, so a typo fails the config check instead of
+    /// requests. `relative` resolves paths against the config file's directory.
     pub fn compile(
         name: &str,
         conf: &UpstreamConf,
         at: &KeyPath,
         relative: impl Fn(&Path) -> std::path::PathBuf,
+        answers: &dns::Answers,
     ) -> Result<Self, Invalid> {
         let error = |field: &str, message: String| Invalid::new(at.key(field), message);
         if conf.targets.is_empty() {
@@ -131,13 +156,20 @@ impl Upstream {
                     format!("{address:?}: weight must be 1 to 100"),
                 ));
             }
-            let addr = address
-                .to_socket_addrs()
-                .map_err(|e| error("targets", format!("cannot resolve {address:?}: {e}")))?
-                .next()
-                .ok_or_else(|| error("targets", format!("{address:?} resolves to no address")))?;
-            targets.push(addr);
-            weights.push(weight);
+            // A name stands for every address it has, each with the name's weight.
+            let addrs = match dns::literal(address) {
+                Some(addr) => vec![addr],
+                None => answers
+                    .get(address)
+                    .cloned()
+                    .ok_or_else(|| error("targets", format!("{address:?} did not resolve")))?,
+            };
+            for addr in addrs {
+                if !targets.contains(&addr) {
+                    targets.push(addr);
+                    weights.push(weight);
+                }
+            }
         }
         let ring = (conf.balance == Balance::ConsistentHash).then(|| {
             let buckets: Vec<pingora_ketama::Bucket> = targets
@@ -206,6 +238,19 @@ impl Upstream {
                 ));
             }
         }
+        let retry = retry::RetryPolicy::compile(conf, at)?;
+        let breaker = conf
+            .circuit_breaker
+            .as_ref()
+            .map(|c| breaker::BreakerPolicy::compile(c, &at.key("circuit_breaker")))
+            .transpose()?;
+        let breakers = match &breaker {
+            Some(p) => targets.iter().map(|_| breaker::Breaker::new(p)).collect(),
+            None => Vec::new(),
+        };
+        if conf.max_requests == Some(0) {
+            return Err(error("max_requests", "must be at least 1".into()));
+        }
         Ok(Self {
             name: name.into(),
             schedule: smooth_weighted_schedule(&weights),
@@ -218,25 +263,72 @@ impl Upstream {
             timeout: conf.timeout,
             retries: conf.retries,
             tls,
-            ejected_until: conf.targets.iter().map(|_| AtomicU64::new(0)).collect(),
+            ejected_until: weights.iter().map(|_| AtomicU64::new(0)).collect(),
             ejection: conf.passive_ejection,
             health_check: conf.health_check.clone(),
-            health: conf
-                .targets
-                .iter()
-                .map(|_| TargetHealth::default())
-                .collect(),
+            health: weights.iter().map(|_| TargetHealth::default()).collect(),
             next_check: AtomicU64::new(0),
+            http2: (conf.protocol == UpstreamProtocol::Http2).then_some(conf.max_streams.max(1)),
+            retry,
+            breaker,
+            breakers,
+            in_flight: breaker::InFlight::default(),
+            max_requests: conf.max_requests,
         })
     }
 
     /// Keeps what `previous` (the same upstream before a reload) knew about targets that are
     /// still there, so a reload does not send traffic to a target known to be down.
-    pub fn inherit_health(&self, previous: &Upstream) {
+    /// Requests in flight are counted across reloads, so a reload does not reset the cap.
+    pub fn inherit_health(&mut self, previous: &Upstream) {
         for (i, addr) in self.targets.iter().enumerate() {
             if let Some(j) = previous.targets.iter().position(|a| a == addr) {
                 self.health[i].copy_from(&previous.health[j]);
+                if let (Some(b), Some(before)) = (self.breakers.get(i), previous.breakers.get(j)) {
+                    b.copy_from(before);
+                }
             }
+        }
+        self.in_flight = previous.in_flight.clone();
+    }
+
+    /// A place among the upstream's requests in flight; `None` when `max_requests` are.
+    pub fn enter(&self) -> Option<Option<InFlightGuard>> {
+        match self.max_requests {
+            None => Some(None),
+            Some(max) => self.in_flight.enter(max).map(Some),
+        }
+    }
+
+    /// Target `i`'s circuit, when the upstream has a breaker.
+    pub fn circuit(&self, i: usize) -> Option<CircuitState> {
+        self.breakers.get(i).map(breaker::Breaker::state)
+    }
+
+    /// Records how an attempt on `target` ended, for its circuit.
+    pub fn record_outcome(&self, target: usize, probe: bool, ok: bool) {
+        let (Some(policy), Some(b)) = (&self.breaker, self.breakers.get(target)) else {
+            return;
+        };
+        match b.record(policy, probe, ok, clock::process_millis()) {
+            Some(breaker::Transition::Opened) => log::warn!(
+                "upstream {}: circuit of target {} opened",
+                self.name,
+                self.targets[target]
+            ),
+            Some(breaker::Transition::Closed) => log::info!(
+                "upstream {}: circuit of target {} closed",
+                self.name,
+                self.targets[target]
+            ),
+            None => {}
+        }
+    }
+
+    /// Gives back a half-open probe whose request ended without an outcome.
+    pub fn release_probe(&self, target: usize) {
+        if let Some(b) = self.breakers.get(target) {
+            b.release();
         }
     }
 
@@ -268,6 +360,10 @@ impl Upstream {
             .map(|_| conf)
     }
 
+    pub fn speaks_http2(&self) -> bool {
+        self.http2.is_some()
+    }
+
     /// Whether targets are chosen by a consumer key ([`Upstream::pick`] wants one).
     pub fn hashes(&self) -> bool {
         self.ring.is_some()
@@ -277,9 +373,9 @@ impl Upstream {
         self.health[i].is_up() && self.ejected_until[i].load(Ordering::Relaxed) <= now
     }
 
-    /// Whether target `i` takes traffic now (up, and not ejected).
+    /// Whether target `i` takes traffic now (up, not ejected, its circuit not open).
     pub fn available(&self, i: usize) -> bool {
-        self.available_at(i, clock::process_millis())
+        self.available_at(i, clock::process_millis()) && self.circuit(i) != Some(CircuitState::Open)
     }
 
     /// For readiness: false only when health checks are on and every target fails them.
@@ -287,10 +383,19 @@ impl Upstream {
         self.health_check.is_none() || self.health.iter().any(TargetHealth::is_up)
     }
 
+    /// For readiness: true when the upstream has a breaker and every target's circuit is open.
+    pub fn all_circuits_open(&self) -> bool {
+        !self.breakers.is_empty()
+            && self
+                .breakers
+                .iter()
+                .all(|b| b.state() == CircuitState::Open)
+    }
+
     /// The target for the next attempt: by `key` on the ring with `consistent_hash` (the next
     /// one on the ring when it is out), else the next in turn. `None` when every target is
     /// down or ejected.
-    pub fn pick(&self, key: Option<&[u8]>) -> Option<usize> {
+    pub fn pick(&self, key: Option<&[u8]>) -> Option<Pick> {
         let now = clock::process_millis();
         if let (Some(ring), Some(key)) = (&self.ring, key) {
             // The ring repeats targets; a bounded walk finds the next available one.
@@ -298,13 +403,29 @@ impl Upstream {
                 .node_iter(key)
                 .take(self.targets.len() * 8)
                 .filter_map(|addr| self.targets.iter().position(|a| a == addr))
-                .find(|&i| self.available_at(i, now));
+                .find_map(|i| self.admit(i, now));
         }
         let n = self.schedule.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| self.schedule[(start + k) % n])
-            .find(|&i| self.available_at(i, now))
+            .find_map(|i| self.admit(i, now))
+    }
+
+    /// Target `i`, if it takes this attempt: up, not ejected, and its circuit lets it through.
+    fn admit(&self, i: usize, now: u64) -> Option<Pick> {
+        if !self.available_at(i, now) {
+            return None;
+        }
+        let probe = match (&self.breaker, self.breakers.get(i)) {
+            (Some(policy), Some(b)) => match b.admit(policy, now) {
+                breaker::Admitted::Yes => false,
+                breaker::Admitted::Probe => true,
+                breaker::Admitted::No => return None,
+            },
+            _ => false,
+        };
+        Some(Pick { target: i, probe })
     }
 
     /// Takes a target out of rotation after a failed connection.
@@ -342,6 +463,11 @@ impl Upstream {
                 peer
             }
         };
+        if let Some(streams) = self.http2 {
+            // Prior knowledge without TLS (h2c); with TLS, ALPN offers only h2.
+            peer.options.alpn = pingora_core::protocols::ALPN::H2;
+            peer.options.max_h2_streams = streams;
+        }
         let cap = |t: Duration| time_left.map_or(t, |left| t.min(left));
         peer.options.connection_timeout = Some(cap(self.connect_timeout));
         peer.options.total_connection_timeout = time_left;
@@ -349,6 +475,17 @@ impl Upstream {
         peer.options.write_timeout = Some(cap(self.write_timeout));
         peer
     }
+}
+
+/// The targets of `conf` given by host name, to resolve before it compiles.
+pub fn host_names(conf: &UpstreamConf) -> impl Iterator<Item = &str> {
+    conf.targets
+        .iter()
+        .map(|t| match t {
+            TargetConf::Address(a) => a.as_str(),
+            TargetConf::Weighted { address, .. } => address.as_str(),
+        })
+        .filter(|a| dns::literal(a).is_none())
 }
 
 /// Nginx's smooth weighted round robin, unrolled once: weights 5, 1, 1 give

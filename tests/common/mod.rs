@@ -266,6 +266,66 @@ impl Echo {
     }
 }
 
+/// A backend that fails on purpose and counts what reaches it (see `flaky` in
+/// tests/support/http_fixture.py).
+pub struct Flaky {
+    pub port: u16,
+    pub host: String,
+    _proc: Proc,
+}
+
+impl Flaky {
+    pub fn start() -> Flaky {
+        let port = free_port();
+        let proc = python(&["flaky", &port.to_string()]);
+        wait_for_port(port, "flaky upstream");
+        Flaky {
+            port,
+            host: "127.0.0.1".into(),
+            _proc: proc,
+        }
+    }
+
+    /// One listening on `host` (another loopback address) at `port`.
+    pub fn start_at(host: &str, port: u16) -> Flaky {
+        let child = Command::new("python3")
+            .arg(repo_path("tests/support/http_fixture.py"))
+            .args(["flaky", &port.to_string()])
+            .env("FIXTURE_HOST", host)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is needed for the test servers");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((host, port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flaky upstream on {host}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Flaky {
+            port,
+            host: host.to_string(),
+            _proc: Proc(child),
+        }
+    }
+
+    /// Requests that reached it for `path`.
+    pub async fn hits(&self, path: &str) -> u64 {
+        let url = format!("http://{}:{}/__hits?path={path}", self.host, self.port);
+        get(&url, None).await.body.trim().parse().expect("hits")
+    }
+
+    /// Every request fails with 503 (`true`) or is served again (`false`).
+    pub async fn set_failing(&self, failing: bool) {
+        let path = if failing { "/__fail" } else { "/__recover" };
+        let url = format!("http://{}:{}{path}", self.host, self.port);
+        let r = send("POST", &url, None, &[]).await;
+        assert_eq!(r.status, 200);
+    }
+}
+
 /// An external decision point (see `authz` in tests/support/http_fixture.py).
 pub struct Authz {
     pub port: u16,
@@ -362,6 +422,16 @@ fn python(args: &[&str]) -> Proc {
         .spawn()
         .expect("python3 is needed for the test servers");
     Proc(child)
+}
+
+/// Debian's interpreter, where the test suite's packages (`python3-websockets`,
+/// `python3-grpcio`) are installed.
+pub fn debian_python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 /// Mints a token with `portcullis token`.

@@ -17,9 +17,15 @@
                                   path holds "undefined", else false.
                                   GET /__calls: decision calls so far; GET /__last: the
                                   headers of the last one.
+  http_fixture.py flaky PORT      a backend that fails on purpose, counting what reaches it.
+                                  ?status=N answers N; ?fail_times=N answers 503 to the
+                                  first N requests for that path, then 200; ?delay_ms=N
+                                  waits first. POST /__fail makes every request 503 until
+                                  POST /__recover. GET /__hits?path=/x: requests for /x.
   http_fixture.py files PORT DIR  serves files from DIR, counting requests per path;
                                   GET /__hits?path=/x returns the count for /x.
                                   A file X.cache-control next to X sets Cache-Control.
+                                  X.html is text/html, anything else application/json.
 """
 import json
 import os
@@ -70,9 +76,9 @@ class Files(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def reply(self, status, body, extra=()):
+    def reply(self, status, body, extra=(), content_type="application/json"):
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in extra:
             self.send_header(name, value)
@@ -97,7 +103,8 @@ class Files(BaseHTTPRequestHandler):
         if os.path.isfile(file + ".cache-control"):
             with open(file + ".cache-control") as f:
                 extra.append(("Cache-Control", f.read().strip()))
-        self.reply(200, body, extra)
+        html = file.endswith(".html")
+        self.reply(200, body, extra, "text/html" if html else "application/json")
 
 
 class Authz(BaseHTTPRequestHandler):
@@ -156,17 +163,65 @@ class Authz(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
 
 
+class Flaky(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    failing = False
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if url.path == "/__hits":
+            with LOCK:
+                n = HITS.get(query.get("path", [""])[0], 0)
+            return self.reply(200, str(n).encode())
+        if url.path in ("/__fail", "/__recover"):
+            Flaky.failing = url.path == "/__fail"
+            return self.reply(200, b"ok")
+        with LOCK:
+            n = HITS[url.path] = HITS.get(url.path, 0) + 1
+        if "delay_ms" in query:
+            time.sleep(int(query["delay_ms"][0]) / 1000)
+        if Flaky.failing:
+            return self.reply(503, b"failing")
+        if "status" in query:
+            return self.reply(int(query["status"][0]), b"as asked")
+        if n <= int(query.get("fail_times", ["0"])[0]):
+            return self.reply(503, b"not yet")
+        self.reply(200, ("attempt %d" % n).encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
+
+
 def main():
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode in ("echo", "tls-echo"):
         handler = Echo
+    elif mode == "flaky":
+        handler = Flaky
     elif mode == "authz":
         handler = Authz
     else:
         Files.root = sys.argv[3]
         handler = Files
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server = ThreadingHTTPServer((os.environ.get("FIXTURE_HOST", "127.0.0.1"), port), handler)
     server.daemon_threads = True
+    if mode == "flaky":
+        # The gateway gives up on slow answers on purpose; a broken pipe is expected.
+        server.handle_error = lambda request, address: None
     if mode == "tls-echo":
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
