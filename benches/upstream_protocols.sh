@@ -30,7 +30,6 @@ error_log $TMP/nginx.err;
 events { worker_connections 1024; }
 http {
   access_log off;
-  http2_max_requests 1000000;
   server { listen 127.0.0.1:$H1; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
   server { listen 127.0.0.1:$H2 http2; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
 }

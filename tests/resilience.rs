@@ -336,3 +336,29 @@ access = "public"
     assert!(metric(admin, "portcullis_dns_lookups_total{result=\"failed\"}").await >= 1.0);
     assert!(gw.log().contains("keeping"), "the failed lookup is logged");
 }
+
+#[tokio::test]
+async fn clients_that_leave_do_not_open_the_circuit() {
+    let flaky = Flaky::start();
+    let admin = free_port();
+    let gw = gateway(
+        &flaky,
+        admin,
+        "[upstreams.backend.circuit_breaker]\nconsecutive_failures = 2",
+    );
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    for _ in 0..4 {
+        let r = impatient.get(gw.url("/slow?delay_ms=500")).send().await;
+        assert!(r.is_err(), "the client gives up first");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&gw.url("/x"), None).await.status, 200);
+    assert!(
+        !gw.log().contains("opened"),
+        "a client leaving is not the target failing"
+    );
+}

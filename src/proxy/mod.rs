@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -286,15 +286,21 @@ impl ProxyHttp for Gateway {
         if std::mem::take(&mut forwarding.retrying) {
             return e;
         }
-        if !resendable(session) || session.response_written().is_some() {
+        // The client went away or sent garbage: nothing to retry, nothing said of the target.
+        if e.esource() != &ErrorSource::Upstream {
             e.set_retry(false);
             return e;
         }
         let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
-        // A pooled connection closed under us says nothing about the target.
-        let stale_connection = client_reused && e.retry.retry();
+        // A pooled connection the upstream had closed says nothing about the target either.
+        let stale_connection =
+            client_reused && matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true));
         if !stale_connection {
             forwarding.attempts.settle(upstream, false);
+        }
+        if !resendable(session) || session.response_written().is_some() {
+            e.set_retry(false);
+            return e;
         }
         if e.etype == ErrorType::ReadTimedout && upstream.retry.on_timeout {
             let again = forwarding.attempts.retry(upstream, RetryReason::Timeout);
