@@ -50,7 +50,12 @@ fn assert_refused(extra: &str, line: usize, needles: &[&str]) {
 
 #[test]
 fn shipped_configs_are_valid() {
-    for conf in ["conf/gateway.toml", "conf/keycloak.example.toml"] {
+    for conf in [
+        "conf/gateway.toml",
+        "conf/keycloak.example.toml",
+        "conf/package.toml",
+        "deploy/container.toml",
+    ] {
         let out = Command::new(BIN)
             .args(["check", "-c"])
             .arg(repo_path(conf))
@@ -375,8 +380,10 @@ fn the_json_schema_is_current_and_checks_configs() {
     let shipped = [
         repo_path("conf/gateway.toml"),
         repo_path("conf/keycloak.example.toml"),
+        repo_path("conf/package.toml"),
+        repo_path("deploy/container.toml"),
     ];
-    let (ok, report) = check(&[&shipped[0], &shipped[1]]);
+    let (ok, report) = check(&[&shipped[0], &shipped[1], &shipped[2], &shipped[3]]);
     assert!(ok, "{report}");
     let (ok, report) = check(&[&bad]);
     assert!(!ok, "{report}");
@@ -415,4 +422,63 @@ fn path_rewrites_are_checked_against_the_route() {
             "not a header name",
         ],
     );
+}
+
+/// The container image and the Kubernetes example agree with the config they ship: probes on
+/// the admin listener's port and paths, a grace period longer than the drain, files that exist.
+#[test]
+fn the_container_files_agree_with_their_config() {
+    let (config, _) = portcullis::config::load(&repo_path("deploy/container.toml")).expect("load");
+    let admin_port = config
+        .admin
+        .listen
+        .as_deref()
+        .and_then(|a| a.rsplit(':').next())
+        .expect("admin listener")
+        .to_string();
+    let k8s = std::fs::read_to_string(repo_path("deploy/kubernetes.yaml")).unwrap();
+    assert!(
+        k8s.contains(&format!("containerPort: {admin_port} }}")),
+        "admin port"
+    );
+    assert!(k8s.contains("httpGet: { path: /readyz, port: admin }"));
+    assert!(k8s.contains("httpGet: { path: /healthz, port: admin }"));
+    assert!(k8s.contains("readOnlyRootFilesystem: true"));
+    let grace: u64 = k8s
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds: "))
+        .and_then(|v| v.parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    let drain = config.server.drain_delay + config.server.grace_period;
+    assert!(
+        grace > drain.as_secs(),
+        "{grace}s must exceed drain + grace ({drain:?})"
+    );
+    for dir in ["pid_file", "upgrade_sock"] {
+        let path = if dir == "pid_file" {
+            &config.server.pid_file
+        } else {
+            &config.server.upgrade_sock
+        };
+        assert!(
+            path.starts_with("/run/portcullis/"),
+            "{dir} on the writable mount"
+        );
+    }
+    assert!(k8s.contains("mountPath: /run/portcullis"));
+
+    let dockerfile = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let source = line.split_whitespace().nth(1).unwrap();
+        if source != "." {
+            assert!(
+                repo_path(source).exists(),
+                "{line}: {source} is not in the repository"
+            );
+        }
+    }
+    assert!(dockerfile.contains("USER nonroot"));
 }

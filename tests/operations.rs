@@ -618,7 +618,7 @@ fn the_systemd_unit_verifies() {
     for needed in [
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "ExecStartPre=/usr/local/bin/portcullis check",
+        "ExecStartPre=/usr/bin/portcullis check",
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -629,7 +629,7 @@ fn the_systemd_unit_verifies() {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
     // Verified as installed, with the binary where the unit expects it.
-    let unit = unit.replace("/usr/local/bin/portcullis", common::BIN);
+    let unit = unit.replace("/usr/bin/portcullis", common::BIN);
     let path = dir.path().join("portcullis.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")
@@ -867,4 +867,98 @@ async fn a_full_listener_closes_new_connections_and_counts_them() {
     assert!(gw
         .log()
         .contains("client connections open (server.max_connections)"));
+}
+
+/// Every metric the Grafana dashboard queries exists, with the labels it groups by: read from
+/// the metric definitions in the source, so a renamed metric or label fails here.
+#[test]
+fn the_grafana_dashboard_queries_metrics_that_exist() {
+    let mut declared: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for file in ["src/metrics.rs", "src/runtime/config_metrics.rs"] {
+        let text = std::fs::read_to_string(common::repo_path(file)).unwrap();
+        // String literals and `&[` label lists, in order.
+        let mut items: Vec<(bool, String)> = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(['"', '&']) {
+            if rest[i..].starts_with("&[") {
+                items.push((false, "&[".into()));
+                rest = &rest[i + 2..];
+            } else if rest[i..].starts_with('"') {
+                let body = &rest[i + 1..];
+                // The closing quote: the first one not escaped.
+                let mut escaped = false;
+                let end = body
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        let closes = c == '"' && !escaped;
+                        escaped = c == '\\' && !escaped;
+                        closes
+                    })
+                    .map_or(body.len(), |(k, _)| k);
+                items.push((true, body[..end].to_string()));
+                rest = &body[(end + 1).min(body.len())..];
+            } else {
+                rest = &rest[i + 1..];
+            }
+        }
+        let name_like = |s: &str| {
+            s.contains('_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        };
+        for (k, (literal, name)) in items.iter().enumerate() {
+            // A metric: a name, then its help text (which has spaces).
+            let help_follows = items.get(k + 1).is_some_and(|(l, s)| *l && s.contains(' '));
+            if !*literal || !name_like(name) || !help_follows {
+                continue;
+            }
+            let mut labels = Vec::new();
+            if let Some((false, _)) = items.get(k + 2) {
+                labels = items[k + 3..]
+                    .iter()
+                    // Label names here are single words; the next metric's name is not.
+                    .take_while(|(l, s)| *l && !s.contains(' ') && !name_like(s))
+                    .map(|(_, s)| s.clone())
+                    .collect();
+            }
+            declared.insert(format!("portcullis_{name}"), labels);
+        }
+    }
+    assert!(
+        declared.contains_key("portcullis_requests_total"),
+        "{declared:?}"
+    );
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo_path("deploy/grafana/portcullis.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let start = expr.find("portcullis_").expect("a portcullis metric");
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| declared.contains_key(*b)))
+                .unwrap_or(&name);
+            let labels = declared
+                .get(base)
+                .unwrap_or_else(|| panic!("{expr}: no metric {name}"));
+            if let Some(by) = expr.split("by (").nth(1) {
+                for label in by.split(')').next().unwrap().split(',').map(str::trim) {
+                    assert!(
+                        label == "le" || labels.iter().any(|l| l == label),
+                        "{expr}: {base} has no label {label} (it has {labels:?})"
+                    );
+                }
+            }
+            queried += 1;
+        }
+    }
+    assert!(queried >= 30, "{queried} queries");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, get, metric, rsa_token, send_from, Echo, Gateway, Reply};
+use common::{free_port, get, metric, rsa_token, send, send_from, Echo, Gateway, Reply};
 
 const ISSUER: &str = r#"
 [issuers.idp]
@@ -411,4 +411,60 @@ respond = {{ body = "orders" }}
         "the counters survived the reload: {}",
         r.body
     );
+}
+
+#[tokio::test]
+async fn the_heaviest_consumers_are_exported_per_tier_in_bounded_numbers() {
+    let admin_port = free_port();
+    let gw = Gateway::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[client_ip]
+trusted_proxies = ["127.0.0.0/8"]
+
+[rate_limit]
+top_consumers = 2
+
+[[rate_limit.tiers]]
+name = "anonymous"
+callers = "anonymous"
+limits = ["3/hour"]
+
+[[routes]]
+path = "/status"
+access = "public"
+respond = {{ body = "up" }}
+"#
+    ));
+    let url = gw.url("/status");
+    for (address, requests) in [
+        ("198.51.100.7", 6),
+        ("198.51.100.8", 2),
+        ("198.51.100.9", 1),
+    ] {
+        for _ in 0..requests {
+            send("GET", &url, None, &[("x-forwarded-for", address)]).await;
+        }
+    }
+    let sample = |name: &str, consumer: &str| {
+        let sample =
+            format!("portcullis_top_consumer_{name}{{consumer=\"{consumer}\",tier=\"anonymous\"}}");
+        async move { metric(admin_port, &sample).await }
+    };
+    assert_eq!(sample("requests", "198.51.100.7").await, 6.0);
+    assert_eq!(sample("requests", "198.51.100.8").await, 2.0);
+    // Only the top two are exported.
+    assert_eq!(sample("requests", "198.51.100.9").await, 0.0);
+    let text = get(&format!("http://127.0.0.1:{admin_port}/metrics"), None)
+        .await
+        .body;
+    assert!(
+        !text.contains("198.51.100.9"),
+        "a third consumer was exported"
+    );
+    // Refusals: only the heavy one was refused (3 of its 6).
+    assert_eq!(sample("limited", "198.51.100.7").await, 3.0);
+    assert_eq!(sample("limited", "198.51.100.8").await, 0.0);
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, get, metric, send, Flaky, Gateway};
 
-fn gateway(flaky: &Flaky, admin: u16, upstream: &str) -> Gateway {
-    Gateway::start(&format!(
+/// The config of these tests: every path to the flaky backend, with `upstream` lines added.
+fn config(flaky: &Flaky, admin: u16, upstream: &str) -> String {
+    format!(
         r#"
 [admin]
 listen = "127.0.0.1:{admin}"
@@ -24,7 +25,11 @@ upstream = "backend"
 access = "public"
 "#,
         port = flaky.port
-    ))
+    )
+}
+
+fn gateway(flaky: &Flaky, admin: u16, upstream: &str) -> Gateway {
+    Gateway::start(&config(flaky, admin, upstream))
 }
 
 #[tokio::test]
@@ -101,25 +106,11 @@ async fn read_timeouts_are_retried_within_the_overall_timeout() {
     assert_eq!(flaky.hits("/slow-post").await, 1, "a POST is never resent");
 
     // The overall timeout bounds the retries: 4 attempts of 300 ms do not fit in 700 ms.
-    gw.reload(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[upstreams.backend]
-targets = ["127.0.0.1:{port}"]
-retries = 3
-retry_on_timeout = true
-read_timeout = "300ms"
-timeout = "700ms"
-retry_budget = {{ ratio = 1.0, min_retries = 100 }}
-
-[[routes]]
-path_prefix = "/"
-upstream = "backend"
-access = "public"
-"#,
-        port = flaky.port
+    gw.reload(&config(
+        &flaky,
+        admin,
+        "retries = 3\nretry_on_timeout = true\nread_timeout = \"300ms\"\ntimeout = \"700ms\"\n\
+         retry_budget = { ratio = 1.0, min_retries = 100 }",
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();

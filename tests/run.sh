@@ -75,3 +75,7 @@ if [ "$status" -ne 0 ]; then
   for target in "${failed[@]}"; do read -r -a words <<< "$target"; again+=("${words[@]}"); done
   cargo test --profile ci "${again[@]}"
 fi
+
+# The Debian package: built from the same binary, its contents and unit checked (installed and
+# removed as well when PACKAGE_INSTALL=1, as on CI's throwaway machine).
+tests/package.sh

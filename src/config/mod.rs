@@ -231,6 +231,12 @@ pub struct RateLimitConf {
     /// full, the counters closest to a fresh quota are dropped first. Default: 1,000,000
     /// (about 32 MiB).
     pub local_max_keys: usize,
+    /// Per tier, the consumers with the most requests and the most refusals (429) exported
+    /// as `portcullis_top_consumer_requests` / `_limited{tier,consumer}`: this many of each,
+    /// counted in a fixed-size sketch (about 64 KiB per tier and ranking), so memory and
+    /// label cardinality stay bounded however many consumers there are. 0 turns it off.
+    /// Default: 10.
+    pub top_consumers: usize,
     /// `[rate_limit.redis]`: the shared store for tiers with `backend = "redis"`.
     pub redis: Option<RedisConf>,
     /// `[[rate_limit.tiers]]`: tried in order; a caller gets the first tier that matches it.
@@ -243,6 +249,7 @@ impl Default for RateLimitConf {
         Self {
             headers: RateLimitHeaders::Ietf,
             local_max_keys: 1_000_000,
+            top_consumers: 10,
             redis: None,
             tiers: Vec::new(),
         }

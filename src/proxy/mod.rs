@@ -7,6 +7,7 @@ mod audit;
 mod body;
 mod context;
 mod failure;
+mod resend;
 mod upgrade;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -25,7 +26,7 @@ use crate::request_id;
 use crate::respond::{self, Reply};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::ClientCert;
-use crate::upstream::{retry, Attempts, RetryReason};
+use crate::upstream::Attempts;
 use crate::websocket::{handshake, registry::Registry};
 use admission::{Client, Decision};
 use context::Forwarding;
@@ -93,13 +94,6 @@ fn prepare_upstream_request(
         req.set_uri(uri);
     }
     Ok(())
-}
-
-/// Whether the request may be sent to the upstream again: safe to repeat, and its body, if
-/// any, still held whole.
-fn resendable(session: &Session) -> bool {
-    let req = session.req_header();
-    retry::idempotent(&req.method, &req.headers) && !session.as_ref().retry_buffer_truncated()
 }
 
 /// Pingora calls the upstream phases only after `request_filter` let a request through, which
@@ -240,36 +234,17 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// The upstream's answer has arrived, and nothing of it was sent on: an answer listed in
-    /// `retry_on_status` is turned into a retry while the request may be resent.
+    /// The upstream's answer has arrived, and nothing of it was sent on yet.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(forwarding) = ctx.forwarding.as_mut() else {
-            return Ok(());
-        };
-        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
-        let status = upstream_response.status.as_u16();
-        forwarding.attempts.settle(upstream, status < 500);
-        if upstream.retry.retries_status(status)
-            && resendable(session)
-            && forwarding.attempts.retry(upstream, RetryReason::Status)
-        {
-            forwarding.retrying = true;
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retried");
-            e.set_retry(true);
-            return Err(e);
-        }
-        Ok(())
+        resend::after_answer(session, ctx, upstream_response.status.as_u16())
     }
 
-    /// An attempt failed after its connection was made: a read timeout is retried when the
-    /// upstream says so; a pooled connection the upstream had closed is tried again, as
-    /// Pingora does by default. Only requests that are safe to resend, and never once the
-    /// client has seen any of the answer.
+    /// An attempt failed after its connection was made.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -278,37 +253,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
-        let Some(forwarding) = ctx.forwarding.as_mut() else {
-            e.set_retry(false);
-            return e;
-        };
-        if std::mem::take(&mut forwarding.retrying) {
-            return e;
-        }
-        // The client went away or sent garbage: nothing to retry, nothing said of the target.
-        if e.esource() != &ErrorSource::Upstream {
-            e.set_retry(false);
-            return e;
-        }
-        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
-        // A pooled connection the upstream had closed says nothing about the target either.
-        let stale_connection =
-            client_reused && matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true));
-        if !stale_connection {
-            forwarding.attempts.settle(upstream, false);
-        }
-        if !resendable(session) || session.response_written().is_some() {
-            e.set_retry(false);
-            return e;
-        }
-        if e.etype == ErrorType::ReadTimedout && upstream.retry.on_timeout {
-            let again = forwarding.attempts.retry(upstream, RetryReason::Timeout);
-            e.set_retry(again);
-            return e;
-        }
-        e.retry.decide_reuse(client_reused);
-        e
+        resend::after_error(
+            session,
+            ctx,
+            e.more_context(format!("Peer: {peer}")),
+            client_reused,
+        )
     }
 
     /// A connection attempt failed: another target may take the request.

@@ -5,6 +5,7 @@ mod gcra;
 mod local;
 mod redis;
 mod table;
+pub mod usage;
 
 use std::borrow::Cow;
 use std::hash::BuildHasher;
@@ -99,6 +100,8 @@ struct Tier {
     allowed: IntCounter,
     limited: IntCounter,
     unavailable: IntCounter,
+    /// Its heaviest consumers, when `top_consumers` is on.
+    usage: Option<Arc<usage::Usage>>,
 }
 
 impl Tier {
@@ -180,6 +183,7 @@ pub struct StoreUnavailable {
 pub struct RateLimiter {
     tiers: Vec<Tier>,
     headers: RateLimitHeaders,
+    top_consumers: usize,
     local: Arc<LocalStore>,
     redis: Option<Arc<RedisStore>>,
 }
@@ -218,6 +222,7 @@ impl RateLimiter {
         Ok(Self {
             tiers: Vec::new(),
             headers: conf.headers,
+            top_consumers: conf.top_consumers,
             local,
             redis,
         })
@@ -330,6 +335,7 @@ impl RateLimiter {
             allowed: metrics::rate_limit_decisions(name, "allowed"),
             limited: metrics::rate_limit_decisions(name, "limited"),
             unavailable: metrics::rate_limit_decisions(name, "unavailable"),
+            usage: usage::for_tier(name, self.top_consumers),
         });
         Ok(())
     }
@@ -410,6 +416,12 @@ impl RateLimiter {
         } else {
             tier.limited.inc();
         }
+        if let Some(usage) = &tier.usage {
+            usage.requests.observe(&consumer);
+            if !outcome.allowed {
+                usage.limited.observe(&consumer);
+            }
+        }
         Ok(Some(Verdict {
             tier: index,
             group,
@@ -417,7 +429,6 @@ impl RateLimiter {
         }))
     }
 
-    /// The tier a verdict was reached in, for logs.
     /// Which tier and consumer a caller counts against on a route of `group`, without
     /// counting anything (for `explain`): (tier, consumer, limits as `N/period`).
     pub fn classify(

@@ -9,6 +9,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::clock;
 use crate::metrics;
+use crate::rate_limit;
 use crate::snapshot::SharedSnapshot;
 
 /// Config generation: 1 at start, one more per applied reload.
@@ -34,6 +35,8 @@ struct SnapshotCollector {
     introspection_entries: IntGaugeVec,
     target_up: IntGaugeVec,
     circuit: IntGaugeVec,
+    top_requests: IntGaugeVec,
+    top_limited: IntGaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -86,7 +89,23 @@ impl SnapshotCollector {
             ),
             &["upstream", "target"],
         )?;
+        let top_requests = IntGaugeVec::new(
+            Opts::new(
+                "top_consumer_requests",
+                "Estimated requests since start of each tier's heaviest consumers ([rate_limit] top_consumers).",
+            ),
+            &["tier", "consumer"],
+        )?;
+        let top_limited = IntGaugeVec::new(
+            Opts::new(
+                "top_consumer_limited",
+                "Estimated refusals (429) since start of each tier's most refused consumers.",
+            ),
+            &["tier", "consumer"],
+        )?;
         let descs = [
+            top_requests.desc(),
+            top_limited.desc(),
             circuit.desc(),
             generation.desc(),
             key_fetches.desc(),
@@ -110,6 +129,8 @@ impl SnapshotCollector {
             introspection_entries,
             target_up,
             circuit,
+            top_requests,
+            top_limited,
             descs,
         })
     }
@@ -161,6 +182,18 @@ impl Collector for SnapshotCollector {
                     .set(i64::try_from(introspector.cached()).unwrap_or(i64::MAX));
             }
         }
+        self.top_requests.reset();
+        self.top_limited.reset();
+        for (tier, usage) in rate_limit::usage::all() {
+            for (gauge, ranking) in [
+                (&self.top_requests, usage.requests.ranking()),
+                (&self.top_limited, usage.limited.ranking()),
+            ] {
+                for (consumer, count) in ranking {
+                    gauge.with_label_values(&[&*tier, &*consumer]).set(count);
+                }
+            }
+        }
         self.circuit.reset();
         for (_, upstream) in snap.upstreams.iter() {
             for (i, target) in upstream.targets().iter().enumerate() {
@@ -182,6 +215,8 @@ impl Collector for SnapshotCollector {
             self.introspection_entries.collect(),
             self.target_up.collect(),
             self.circuit.collect(),
+            self.top_requests.collect(),
+            self.top_limited.collect(),
         ]
         .into_iter()
         .flatten()
