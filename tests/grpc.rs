@@ -9,10 +9,16 @@ use std::process::{Command, Stdio};
 use common::{free_port, repo_path, rsa_token, wait_for_port, Gateway, Proc};
 
 fn grpc_server() -> (u16, Proc) {
+    grpc_server_with(&[])
+}
+
+/// The gRPC server, with `tls` = [certificate, key] over TLS.
+fn grpc_server_with(tls: &[String]) -> (u16, Proc) {
     let port = free_port();
     let child = Command::new(common::debian_python())
         .arg(repo_path("tests/support/grpc_fixture.py"))
         .args(["server", &port.to_string()])
+        .args(tls)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -47,6 +53,10 @@ async fn call(gw: &Gateway, which: &str, token: Option<&str>) -> serde_json::Val
 }
 
 fn gateway(backend: u16, limit: &str) -> Gateway {
+    gateway_to(backend, limit, "")
+}
+
+fn gateway_to(backend: u16, limit: &str, upstream_tls: &str) -> Gateway {
     Gateway::start(&format!(
         r#"
 [issuers.idp]
@@ -59,6 +69,7 @@ jwks_file = "{{fixtures}}/rsa-1.jwks.json"
 [upstreams.echo]
 targets = ["127.0.0.1:{backend}"]
 protocol = "http2"
+{upstream_tls}
 
 [[routes]]
 path_prefix = "/test.Echo"
@@ -133,4 +144,23 @@ async fn an_unreachable_backend_is_unavailable_to_grpc_clients() {
     let token = rsa_token("alice", "agent", &[]);
     let r = call(&gw, "unary", Some(&token)).await;
     assert_eq!(r["code"], "UNAVAILABLE", "{r}");
+}
+
+#[tokio::test]
+async fn grpc_reaches_a_tls_backend_over_http2_by_alpn() {
+    let pki = common::Pki::new();
+    let (backend, _server) = grpc_server_with(&[pki.path("server.pem"), pki.path("server.key")]);
+    let tls = format!(
+        "[upstreams.echo.tls]\nsni = \"localhost\"\nca_file = \"{}\"",
+        pki.path("ca.pem")
+    );
+    let gw = gateway_to(backend, "", &tls);
+    let token = rsa_token("alice", "agent", &[]);
+    let r = call(&gw, "stream", Some(&token)).await;
+    assert_eq!(r["code"], "OK", "{r}");
+    assert_eq!(
+        r["answers"],
+        serde_json::json!(["part 0", "part 1", "part 2"])
+    );
+    assert_eq!(r["trailers"]["x-trailer"], "kept");
 }

@@ -2,7 +2,8 @@
 """A real gRPC server and client (grpcio) for the Portcullis tests, with raw-bytes messages so
 that no generated code is needed.
 
-  grpc_fixture.py server PORT
+  grpc_fixture.py server PORT [CERT KEY]
+      (with CERT and KEY: over TLS, offering h2 by ALPN)
       test.Echo/Unary answers JSON: the request's text and the x-user-id it was given;
       test.Echo/Stream answers N messages ("part 0" ...) for a request "N", then sets the
       trailer x-trailer: kept.
@@ -32,14 +33,19 @@ def stream(request, context):
     context.set_trailing_metadata((("x-trailer", "kept"),))
 
 
-def serve(port):
+def serve(port, cert=None, key=None):
     handler = grpc.method_handlers_generic_handler("test.Echo", {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port("127.0.0.1:%d" % port)
+    if cert:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        server.add_secure_port("127.0.0.1:%d" % port, credentials)
+    else:
+        server.add_insecure_port("127.0.0.1:%d" % port)
     server.start()
     server.wait_for_termination()
 
@@ -67,6 +73,6 @@ def call(target, which, token):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), *sys.argv[3:5])
     else:
         call(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "")
