@@ -346,6 +346,21 @@ impl Responses {
     }
 }
 
+impl Responses {
+    /// The answer past an upstream's `max_requests`: the upstream is busy, not down.
+    pub fn upstream_overloaded(&self) -> Reply {
+        let mut reply = json_error(
+            503,
+            "service_unavailable",
+            "the upstream has as many requests in flight as it takes",
+        );
+        reply
+            .headers
+            .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+        reply
+    }
+}
+
 /// Why a request body is refused before it reaches the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyRefusal {

@@ -208,12 +208,21 @@ async fn requests_past_max_requests_are_refused_at_once() {
         async move {
             tokio::time::sleep(Duration::from_millis(100 * i)).await;
             let r = get(&url, None).await;
-            (r.status, started.elapsed())
+            (
+                r.status,
+                started.elapsed(),
+                r.header("retry-after").map(str::to_owned),
+            )
         }
     }))
     .await;
-    let refused: Vec<_> = replies.iter().filter(|(s, _)| *s == 503).collect();
+    let refused: Vec<_> = replies.iter().filter(|(s, _, _)| *s == 503).collect();
     assert_eq!(refused.len(), 1, "{replies:?}");
+    assert_eq!(
+        refused[0].2.as_deref(),
+        Some("1"),
+        "busy, not down: retry soon"
+    );
     assert!(
         refused[0].1 < Duration::from_millis(600),
         "refused at once: {replies:?}"

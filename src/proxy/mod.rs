@@ -149,8 +149,7 @@ impl ProxyHttp for Gateway {
                 let upstream = &snap.upstreams[pass.upstream()];
                 let Some(in_flight) = upstream.enter() else {
                     metrics::upstream_overflow(&upstream.name);
-                    let reply = snap.responses.upstream_failure(503);
-                    return respond(session, ctx, reply).await;
+                    return respond(session, ctx, snap.responses.upstream_overloaded()).await;
                 };
                 ctx.forwarding = Some(Forwarding {
                     attempts: Attempts::timed(upstream),
