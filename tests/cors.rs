@@ -43,6 +43,12 @@ allow_origins = ["*"]
 path = "/api/private"
 upstream = "backend"
 access = "authenticated"
+
+[[routes]]
+path = "/api/get-only"
+methods = ["GET"]
+upstream = "backend"
+access = "public"
 "#,
         port = echo.port
     ))
@@ -125,6 +131,18 @@ async fn preflights_are_answered_at_the_edge_without_a_token() {
     .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.header("access-control-allow-origin"), None);
+    // A preflight does not open a route to a method it does not take.
+    let r = send(
+        "OPTIONS",
+        &gw.url("/api/get-only"),
+        None,
+        &[
+            ("origin", "https://desk.example.com"),
+            ("access-control-request-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
 }
 
 #[tokio::test]

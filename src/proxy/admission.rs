@@ -149,21 +149,24 @@ async fn decide<'s>(
     // A CORS preflight is routed as the request it asks about, and answered here: browsers
     // send it without credentials.
     let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
-    let preflight = cors::preflight_method(req);
-    let method = preflight.as_ref().unwrap_or(&req.method);
-    let id = snap
-        .router
-        .find_id(host_of(req), &path, method)
-        .ok_or(Rejection::NotFound)?;
-    facts.route = Some(id);
-    let route = &snap.router[id];
-    if let Some(cors) = &route.cors {
-        if let Some(method) = &preflight {
-            return match cors.preflight(req, method) {
+    if let Some(method) = cors::preflight_method(req) {
+        let id = snap.router.find_id(host_of(req), &path, &method);
+        if let Some((id, cors)) = id.and_then(|id| Some((id, snap.router[id].cors.as_ref()?))) {
+            facts.route = Some(id);
+            return match cors.preflight(req, &method) {
                 Preflight::Allowed(headers) => Ok(Decision::Preflight(headers)),
                 Preflight::Refused(why) => Err(Rejection::CorsRefused(why)),
             };
         }
+        // No CORS there: the OPTIONS request is routed as itself, like any other.
+    }
+    let id = snap
+        .router
+        .find_id(host_of(req), &path, &req.method)
+        .ok_or(Rejection::NotFound)?;
+    facts.route = Some(id);
+    let route = &snap.router[id];
+    if let Some(cors) = &route.cors {
         facts.cors = cors.response_headers(req);
     }
 
