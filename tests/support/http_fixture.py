@@ -217,6 +217,8 @@ def main():
     else:
         Files.root = sys.argv[3]
         handler = Files
+    # Parallel tests connect in bursts; the default backlog of 5 refuses some of them.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((os.environ.get("FIXTURE_HOST", "127.0.0.1"), port), handler)
     server.daemon_threads = True
     if mode == "flaky":
