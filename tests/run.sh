@@ -39,14 +39,12 @@ cargo clippy --profile ci --all-targets -- -D warnings
 # by tests/fuzz_corpus.rs). New inputs go to a scratch corpus, not into the repository.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-  # Unoptimized, with debug assertions and overflow checks: it builds in about half the time,
-  # and a short run still executes thousands of inputs per target.
-  cargo +nightly fuzz build --dev
+  cargo +nightly fuzz build -O
   scratch=$(mktemp -d)
   for target in token introspection route websocket config; do
     mkdir -p "$scratch/$target"
     fuzzed=0
-    cargo +nightly fuzz run --dev "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+    cargo +nightly fuzz run -O "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
       -max_total_time="${FUZZ_SECONDS:-10}" -rss_limit_mb=4096 -print_final_stats=1 \
       > "$scratch/$target.log" 2>&1 || fuzzed=$?
     if [ "$fuzzed" -ne 0 ]; then
