@@ -143,7 +143,8 @@ impl<'a> ClientStream<'a> {
         }
         if head.opcode == OP_CONTINUATION {
             if let Some(held) = &mut self.held {
-                if held.payload.len() as u64 + head.len <= shape.max_bytes as u64 {
+                // A declared length near 2^64 must not wrap around into "small enough".
+                if (held.payload.len() as u64).saturating_add(head.len) <= shape.max_bytes as u64 {
                     held.raw.extend_from_slice(bytes);
                     self.holding_frame = true;
                     return;
@@ -322,6 +323,22 @@ mod tests {
         wire.extend(frame(true, false, OP_CONTINUATION, &part, [2; 4]));
         let (out, events) = run(&wire, 64, false);
         assert_eq!(out, wire);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn a_continuation_claiming_an_endless_length_is_not_held() {
+        let mut wire = frame(false, false, OP_TEXT, b"{", [1; 4]);
+        // A continuation frame whose 64-bit length, added to what is held, passes 2^64.
+        wire.extend([OP_CONTINUATION, 0x80 | 127]);
+        wire.extend(u64::MAX.to_be_bytes());
+        wire.extend([0; 4]);
+        wire.extend([b' '; 16]);
+        let shape = shape();
+        let mut s = ClientStream::new(Some(&shape), false);
+        let (mut out, mut events) = (BytesMut::new(), Vec::new());
+        s.push(&wire, &mut out, &mut events);
+        assert_eq!(&out[..], &wire[..], "forwarded as it came, nothing held");
         assert!(events.is_empty());
     }
 
