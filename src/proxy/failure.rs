@@ -4,17 +4,13 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::context::RequestCtx;
-use crate::respond;
 use crate::upstream::NoPeer;
 
-/// The gateway's JSON answer when the upstream could not serve the request.
+/// The gateway's JSON answer (a gRPC status for a gRPC call) when the upstream could not
+/// serve the request.
 pub async fn answer(session: &mut Session, ctx: &RequestCtx, status: u16) -> Result<()> {
-    let mut reply = ctx.snapshot.responses.upstream_failure(status);
-    reply.headers.extend(ctx.answer_headers());
-    if respond::is_grpc(session.req_header()) {
-        reply = reply.for_grpc();
-    }
-    reply.send(session).await
+    let reply = ctx.snapshot.responses.upstream_failure(status);
+    super::respond(session, ctx, reply).await.map(|_| ())
 }
 
 /// The error for an exchange with no connection attempt left. [`UpstreamFailure::classify`]
