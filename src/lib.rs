@@ -3,7 +3,8 @@
 //! A request passes [`route`] → [`authenticate`] → [`authorize`] → [`rate_limit`] → upstream,
 //! as laid out in [`proxy`]. The layers point one way:
 //!
-//! * foundations: [`clock`], [`metrics`], [`logs`], [`config`] (the schema and its errors);
+//! * foundations: [`clock`], [`metrics`], [`logs`], [`config`] (the schema and its errors),
+//!   [`trace`] (request spans);
 //! * domain modules, each compiling its own config table: [`route`], [`authenticate`],
 //!   [`authorize`], [`rate_limit`], [`identity`], [`upstream`], [`tls`], [`websocket`],
 //!   [`respond`], [`client_ip`], [`request_id`], [`cors`];
@@ -36,5 +37,6 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod token;
+pub mod trace;
 pub(crate) mod upstream;
 pub mod websocket;

@@ -22,6 +22,7 @@ use portcullis::runtime::health_check::HealthChecker;
 use portcullis::runtime::key_refresh::KeyRefresher;
 use portcullis::runtime::lifecycle::{Exit, Lifecycle, Ready, Signals};
 use portcullis::runtime::reload::{catch_sighup, Reloader};
+use portcullis::runtime::trace_export::TraceExporter;
 use portcullis::snapshot::explain::{Credential, QuestionText};
 use portcullis::snapshot::Snapshot;
 use portcullis::token::{self, TokenSpec};
@@ -402,6 +403,10 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     server.add_service(background_service(
         "dns refresh",
         DnsRefresher::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "trace export",
+        TraceExporter::new(shared.clone()),
     ));
     let mut listeners = client_listeners;
     if let Some(addr) = settings.admin_listen {

@@ -257,6 +257,25 @@ static UPSTREAM_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+static TRACE_SPANS_EXPORTED: Lazy<IntCounter> = Lazy::new(|| {
+    register(
+        IntCounter::new(
+            "trace_spans_exported_total",
+            "Spans sent to the OTLP collector and accepted by it.",
+        )
+        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    )
+});
+
+static TRACE_SPANS_DROPPED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "trace_spans_dropped_total",
+        "Spans not exported, by reason: queue_full (max_queue spans were waiting), \
+         export_failed (the collector refused or did not answer in time).",
+        &["reason"],
+    )
+});
+
 static DNS_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "dns_lookups_total",
@@ -493,6 +512,16 @@ pub fn upstream_overflow(upstream: &str) {
 
 pub fn dns_lookup(result: &str) {
     DNS_LOOKUPS.with_label_values(&[result]).inc();
+}
+
+pub fn trace_spans_exported(count: usize) {
+    TRACE_SPANS_EXPORTED.inc_by(count as u64);
+}
+
+pub fn trace_spans_dropped(reason: &str, count: usize) {
+    TRACE_SPANS_DROPPED
+        .with_label_values(&[reason])
+        .inc_by(count as u64);
 }
 
 pub fn shadow_refusal(route: &str, reason: &str) {

@@ -6,7 +6,15 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first. A module may use its own layer and those below.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "config", "metrics", "logs", "request_id", "token"],
+    &[
+        "clock",
+        "config",
+        "metrics",
+        "logs",
+        "request_id",
+        "token",
+        "trace",
+    ],
     &[
         "route",
         "rewrite",

@@ -18,6 +18,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)  # deflate WebSocket peers
 /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || missing+=(python3-jsonschema)  # checks configs against the schema
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)  # gRPC client and server
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)  # the OTLP receiver's packages
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)    # browser tests (CORS)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the unit file
@@ -25,6 +26,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# OpenTelemetry's protobuf messages, for the OTLP receiver the tracing tests export to.
+if ! PYTHONPATH=target/pydeps /usr/bin/python3 -c 'import opentelemetry.proto.collector.trace.v1' 2>/dev/null; then
+  /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --target target/pydeps \
+    opentelemetry-proto==1.45.2
 fi
 
 if [ ! -d tests/idp/node_modules/oidc-provider ]; then

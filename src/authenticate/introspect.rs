@@ -137,6 +137,7 @@ impl Introspector {
 
     /// One call to the provider, within the timeout, and how long its answer holds.
     async fn ask(&self, token: &str, admit: impl FnOnce(&Map<String, Value>) -> Answer) -> Entry {
+        let span = crate::trace::child("introspection");
         let started = tokio::time::Instant::now();
         let deadline = started + self.conf.timeout;
         let slot = tokio::time::timeout_at(deadline, self.slots.acquire()).await;
@@ -147,7 +148,9 @@ impl Introspector {
         let issuer = &*self.issuer_name;
         metrics::introspection_duration(issuer, started.elapsed());
         let answered_at = Instant::now();
-        let undecided = |result: &str, reason: &dyn std::fmt::Display| {
+        let undecided = |result: &'static str, reason: &dyn std::fmt::Display| {
+            span.set("portcullis.introspection.result", result);
+            span.fail(reason.to_string());
             metrics::introspection_call(issuer, result);
             log::warn!("introspection at issuer {issuer} failed: {reason}");
             Entry {
@@ -166,7 +169,9 @@ impl Introspector {
         };
         let active = claims.get("active") == Some(&Value::Bool(true));
         let answer = judge(&claims).and_then(|()| admit(&claims));
-        metrics::introspection_call(issuer, if active { "active" } else { "inactive" });
+        let result = if active { "active" } else { "inactive" };
+        span.set("portcullis.introspection.result", result);
+        metrics::introspection_call(issuer, result);
         let until = match &answer {
             Ok(_) => {
                 let exp = claims.get("exp").and_then(Value::as_u64);

@@ -308,6 +308,8 @@ impl KeyStore {
 
     /// One fetch; the caller holds `fetch_lock`.
     async fn fetch(&self) {
+        // A span only when a request waits for it (an unknown `kid`), not in the background.
+        let span = crate::trace::child("jwks fetch");
         self.schedule().last_attempt = Some(Instant::now());
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let next = match self.fetch_keys().await {
@@ -323,6 +325,7 @@ impl KeyStore {
                 )
             }
             Err(e) => {
+                span.fail(e.to_string());
                 self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 let kept = if self.current().is_some() {
                     "keeping the last good keys"

@@ -386,6 +386,7 @@ impl Authenticator {
         if let Some(v) = cached {
             if self.issuer(v.issuer).keys.generation() == v.key_generation {
                 token_cache(TokenCacheResult::Hit);
+                crate::trace::annotate("portcullis.token_cache", "hit");
                 return Ok(v);
             }
         }
@@ -393,11 +394,13 @@ impl Authenticator {
         let refused = key.and_then(|k| self.refused.get(k));
         if let Some(r) = refused.filter(|r| r.key_epoch == epoch) {
             token_cache(TokenCacheResult::Refused);
+            crate::trace::annotate("portcullis.token_cache", "refused");
             return Err(r.error);
         }
         let outcome = self.verify(token).await.map(Arc::new);
         if let Some(&key) = key {
             token_cache(TokenCacheResult::Miss);
+            crate::trace::annotate("portcullis.token_cache", "miss");
             match &outcome {
                 Ok(v) => self.verified.insert(key, v.clone()),
                 Err(e) if e.holds_while_keys_do() => self.refused.insert(

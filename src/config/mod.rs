@@ -12,8 +12,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 mod source;
+mod tracing;
 
 pub use source::{load, ConfigError, Invalid, KeyPath, Source};
+pub use tracing::TracingConf;
 
 /// The JSON Schema of the config file, from the structs below and their doc comments: for
 /// editors with a TOML language server (taplo, Even Better TOML) to complete and check keys.
@@ -65,6 +67,8 @@ pub struct Config {
     /// `[token_cache]`: verified tokens remembered between requests.
     #[serde(default)]
     pub token_cache: TokenCacheConf,
+    /// `[tracing]`: OpenTelemetry spans per request, exported over OTLP.
+    pub tracing: Option<TracingConf>,
 }
 
 /// `[token_cache]`: a token is verified once (signature, issuer, audience, claims) and then

@@ -21,6 +21,7 @@ use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
 use crate::snapshot::{Action, BodyPolicy, Route, ServerSettings, Snapshot};
 use crate::tls::ClientCert;
+use crate::trace;
 use crate::upstream::UpstreamId;
 use crate::websocket::handshake;
 
@@ -172,9 +173,16 @@ async fn decide<'s>(
 
     // 2. Authenticate.
     if route.access == Access::Authenticated {
+        let span = trace::child("authenticate");
         match authenticate(req, snap, route, client, facts).await {
-            Ok(p) => facts.principal = Some(p),
-            Err(r) => refuse(route, facts, r)?,
+            Ok(p) => {
+                span.set("portcullis.auth.outcome", "ok");
+                facts.principal = Some(p);
+            }
+            Err(r) => {
+                span.set("portcullis.auth.outcome", super::audit::reason(&r, None));
+                refuse(route, facts, r)?
+            }
         }
     }
     let principal = facts.principal.clone();
@@ -188,7 +196,14 @@ async fn decide<'s>(
         client_ip: client.ip,
         client_cert_subject: client.cert.and_then(|c| c.subject.as_deref()),
     };
-    match route.policy.authorize(&request, principal) {
+    let span = trace::child("authorize");
+    let decided = route.policy.authorize(&request, principal);
+    span.set(
+        "portcullis.authz.outcome",
+        decided.as_ref().map_or_else(|e| e.reason(), |_| "granted"),
+    );
+    drop(span);
+    match decided {
         Ok(granted) => facts.granted = Some(granted),
         Err(e) => {
             metrics::authorization_denied(&route.name, e.reason());
@@ -219,7 +234,17 @@ async fn decide<'s>(
             principal,
             ip: client.ip,
         };
-        match snap.rate_limiter.check(&caller, route.limit_group).await {
+        let span = trace::child("rate_limit");
+        let checked = snap.rate_limiter.check(&caller, route.limit_group).await;
+        if let Ok(Some(verdict)) = &checked {
+            span.set(
+                "portcullis.rate_limit.tier",
+                snap.rate_limiter.tier_name(verdict).to_string(),
+            );
+            span.set("portcullis.rate_limit.allowed", verdict.allowed());
+        }
+        drop(span);
+        match checked {
             Ok(Some(verdict)) => {
                 facts.quota = Some(verdict);
                 if !verdict.allowed() {
@@ -299,7 +324,10 @@ async fn consult(
         token: token.as_deref(),
         client_ip: client.ip,
     };
+    let span = trace::child("ext_authz");
     let verdict = ext.decide(&question).await;
+    span.set("portcullis.ext_authz.outcome", verdict.outcome());
+    drop(span);
     facts.ext_authz = Some(verdict.outcome());
     match verdict {
         Verdict::Allow(headers) => return Ok(Some(headers)),

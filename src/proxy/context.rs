@@ -9,6 +9,7 @@ use pingora_proxy::Session;
 use prometheus::IntGauge;
 
 use super::admission::{Facts, Pass};
+use super::spans::Spans;
 use crate::metrics;
 use crate::request_id;
 use crate::snapshot::{Route, Snapshot};
@@ -80,6 +81,8 @@ pub struct RequestCtx {
     pub _in_flight: Held,
     /// Set while the connection is an open WebSocket.
     pub websocket: Option<Held>,
+    /// The request's trace, when `[tracing]` sampled it.
+    pub spans: Spans,
 }
 
 impl RequestCtx {
@@ -94,6 +97,7 @@ impl RequestCtx {
             forwarding: None,
             _in_flight: Held::new(metrics::in_flight()),
             websocket: None,
+            spans: Spans::default(),
         }
     }
 
@@ -105,6 +109,7 @@ impl RequestCtx {
             .snapshot
             .client_ip
             .resolve(self.downstream.ip, session.req_header());
+        self.spans = Spans::start(&self.snapshot, session.req_header());
     }
 
     pub fn route_name(&self) -> Option<&str> {

@@ -8,6 +8,7 @@ mod body;
 mod context;
 mod failure;
 mod resend;
+mod spans;
 mod upgrade;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::request_id;
 use crate::respond::{self, Reply};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls::ClientCert;
+use crate::trace;
 use crate::upstream::Attempts;
 use crate::websocket::{handshake, registry::Registry};
 use admission::{Client, Decision};
@@ -122,7 +124,8 @@ impl ProxyHttp for Gateway {
             cert: ctx.downstream.cert.as_ref(),
             audit: snap.logs.audit.is_some(),
         };
-        let admission = admission::admit(session.req_header(), &snap, &client).await;
+        let admission = admission::admit(session.req_header(), &snap, &client);
+        let admission = trace::within(ctx.spans.recorder(), admission).await;
         metrics::gateway_overhead(ctx.started.elapsed());
         ctx.facts = admission.facts;
         audit::decision(session.req_header(), ctx, admission.decision.as_ref().err());
@@ -185,11 +188,12 @@ impl ProxyHttp for Gateway {
         if let Some(wait) = forwarding.attempts.take_backoff(upstream) {
             tokio::time::sleep(wait).await;
         }
-        forwarding
+        let peer = forwarding
             .attempts
             .next_peer(upstream, forwarding.pass.affinity())
-            .map(Box::new)
-            .map_err(failure::no_peer)
+            .map_err(failure::no_peer)?;
+        ctx.spans.attempt(&upstream.name, &peer);
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -210,7 +214,8 @@ impl ProxyHttp for Gateway {
             forwarding,
             cert,
             &ctx.request_id,
-        )
+        )?;
+        ctx.spans.propagate(upstream_request)
     }
 
     /// A streamed request body may not outgrow the route's limit.
@@ -240,7 +245,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resend::after_answer(session, ctx, upstream_response.status.as_u16())
+        let status = upstream_response.status.as_u16();
+        ctx.spans.settle(Some(status), None);
+        resend::after_answer(session, ctx, status)
     }
 
     /// An attempt failed after its connection was made.
@@ -252,6 +259,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        ctx.spans.settle(None, Some(&e));
         resend::after_error(
             session,
             ctx,
@@ -268,6 +276,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        ctx.spans.settle(None, Some(&e));
         if let Some(forwarding) = ctx.forwarding.as_mut() {
             let upstream = forwarding.upstream(&ctx.snapshot);
             if forwarding.attempts.failed(upstream) {
@@ -374,7 +383,10 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let req = session.req_header();
-        metrics::request(ctx.route_name().unwrap_or(""), &req.method, status, took);
+        let route = ctx.facts.route.map(|id| &*ctx.snapshot.router[id].name);
+        metrics::request(route.unwrap_or(""), &req.method, status, took);
+        ctx.spans
+            .finish(&ctx.snapshot, req.method.as_str(), route, status);
         audit::access(session, ctx, status, took);
     }
 }

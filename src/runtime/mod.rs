@@ -1,5 +1,5 @@
 //! The runtime: what drives the compiled config over time. Reload on SIGHUP, key refresh,
-//! health checks, DNS re-resolution, WebSocket eviction orders, the client connection cap, the admin listener, config metrics, and the
+//! health checks, DNS re-resolution, trace export, WebSocket eviction orders, the client connection cap, the admin listener, config metrics, and the
 //! process lifecycle. It sits above the snapshot; nothing below imports it.
 
 pub mod admin;
@@ -11,6 +11,7 @@ pub mod health_check;
 pub mod key_refresh;
 pub mod lifecycle;
 pub mod reload;
+pub mod trace_export;
 
 use std::time::Duration;
 

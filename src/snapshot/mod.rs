@@ -22,6 +22,7 @@ use crate::logs::{Destination, Logs};
 use crate::rate_limit::RateLimiter;
 use crate::respond::Responses;
 use crate::route::Router;
+use crate::trace::Tracer;
 use crate::upstream::dns::{Answers, Resolver};
 use crate::upstream::{self, Upstream, Upstreams};
 use crate::websocket;
@@ -50,6 +51,8 @@ pub struct Snapshot {
     /// `[dns]`, and what the upstreams' host names resolved to.
     pub(crate) resolver: Resolver,
     pub(crate) answers: Answers,
+    /// `[tracing]`: which requests are traced, and their spans waiting for export.
+    pub tracer: Option<Tracer>,
     /// The parsed file this snapshot came from, to compile it again with new DNS answers.
     origin: Option<Arc<(Config, Source)>>,
 }
@@ -177,6 +180,15 @@ impl Snapshot {
         };
         let router = routes::compile(&config.routes, &names, &mut authenticator)?;
 
+        let tracer = match &config.tracing {
+            Some(conf) => Some(Tracer::compile(
+                conf,
+                &root.key("tracing"),
+                previous.and_then(|p| p.tracer.as_ref()),
+            )?),
+            None => None,
+        };
+
         Ok(Snapshot {
             source: source.path.clone(),
             server,
@@ -195,6 +207,7 @@ impl Snapshot {
             logs: Logs::default(),
             resolver,
             answers,
+            tracer,
             origin: None,
         })
     }
