@@ -25,6 +25,7 @@ pub(crate) mod cors;
 #[doc(hidden)]
 pub mod fuzz;
 pub(crate) mod identity;
+pub mod import;
 pub(crate) mod logs;
 pub mod metrics;
 pub mod proxy;

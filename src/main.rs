@@ -51,6 +51,16 @@ enum Command {
     Check {
         #[arg(short = 'c', long = "conf")]
         conf: PathBuf,
+        /// Do not look up the upstreams' host names (each stands for an unroutable address):
+        /// for checking a config away from the network it will run in.
+        #[arg(long)]
+        skip_dns: bool,
+    },
+    /// Translate another gateway's configuration into a Portcullis config, with comments
+    /// for what could not be translated.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
     },
     /// Explain what the gateway would do with a request: the route (and near misses), the
     /// token check, the deciding rule, the rate-limit tier and consumer, the upstream headers.
@@ -67,6 +77,19 @@ enum Command {
         alg: jsonwebtoken::Algorithm,
         #[arg(long, default_value = "dev-1")]
         kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// Apache APISIX: a standalone apisix.yaml, an ADC file, an Admin API export, or one
+    /// route object (JSON or YAML).
+    Apisix {
+        /// The APISIX file.
+        file: PathBuf,
+        /// Write the config here instead of to standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -173,7 +196,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { conf }) => check(&conf),
+        Some(Command::Check { conf, skip_dns }) => check(&conf, !skip_dns),
+        Some(Command::Import {
+            from: ImportFrom::Apisix { file, output },
+        }) => import_apisix(&file, output.as_deref()),
         Some(Command::Explain(args)) => explain(args),
         Some(Command::Schema) => {
             print!("{}", portcullis::config::json_schema());
@@ -191,7 +217,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Run(args)) => run(args, hangup),
         None => match (&cli.run.conf, cli.test) {
-            (Some(conf), true) => check(conf),
+            (Some(conf), true) => check(conf, true),
             (Some(_), false) => run(cli.run, hangup),
             (None, _) => fail("no config: use `portcullis run -c FILE` (see --help)".into()),
         },
@@ -219,14 +245,52 @@ fn fail(message: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn check(conf: &Path) -> ExitCode {
-    match Snapshot::load(conf, None) {
+fn check(conf: &Path, resolve: bool) -> ExitCode {
+    let loaded = if resolve {
+        Snapshot::load(conf, None)
+    } else {
+        Snapshot::load_unresolved(conf)
+    };
+    match loaded {
         Ok(snapshot) => {
             println!("{}: ok ({})", conf.display(), snapshot.summary());
             ExitCode::SUCCESS
         }
         Err(e) => fail(e.to_string()),
     }
+}
+
+fn import_apisix(file: &Path, output: Option<&Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    let imported = match portcullis::import::apisix::translate(&text) {
+        Ok(i) => i,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    let written = match output {
+        Some(path) => {
+            std::fs::write(path, &imported.toml).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => {
+            print!("{}", imported.toml);
+            Ok(())
+        }
+    };
+    if let Err(e) = written {
+        return fail(e);
+    }
+    if !imported.untranslated.is_empty() {
+        eprintln!(
+            "{} item(s) not translated (marked NOT TRANSLATED in the output):",
+            imported.untranslated.len()
+        );
+        for item in &imported.untranslated {
+            eprintln!("  - {item}");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn explain(a: ExplainArgs) -> ExitCode {

@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
         "client_ip",
     ],
     &["snapshot"],
-    &["proxy", "fuzz"],
+    &["proxy", "fuzz", "import"],
     &["runtime"],
 ];
 

@@ -67,6 +67,19 @@ impl Snapshot {
         Ok(snapshot)
     }
 
+    /// Loads and compiles a config file without looking up the upstreams' host names: each
+    /// stands for an unroutable address (`portcullis check --skip-dns`).
+    pub fn load_unresolved(path: &Path) -> Result<Snapshot, ConfigError> {
+        let (config, source) = config::load(path)?;
+        let answers = config
+            .upstreams
+            .values()
+            .flat_map(upstream::host_names)
+            .map(|name| (name.to_string(), vec![upstream::dns::unresolved(name)]))
+            .collect();
+        Self::compile_with(&config, &source, None, Some(answers)).map_err(|e| source.locate(e))
+    }
+
     /// This snapshot's config compiled again with new DNS answers (all of them, old and new),
     /// taking over everything else as a reload does. `None` for a snapshot not loaded from
     /// a file.

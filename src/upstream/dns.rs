@@ -38,6 +38,16 @@ pub fn literal(target: &str) -> Option<SocketAddr> {
     target.parse().ok()
 }
 
+/// What a host name stands for when it is not looked up: the documentation address
+/// 192.0.2.1 (RFC 5737, never routed) with the target's port.
+pub fn unresolved(target: &str) -> SocketAddr {
+    let port = target
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    SocketAddr::from(([192, 0, 2, 1], port))
+}
+
 impl Resolver {
     pub fn compile(conf: &DnsConf, at: &KeyPath) -> Result<Self, Invalid> {
         let servers = conf
