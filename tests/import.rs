@@ -130,10 +130,24 @@ fn an_admin_api_export_with_services_and_consumers_translates() {
         route(&c, "limit-count-route-1")["path"].as_str(),
         Some("/get1")
     );
-    // jwt-auth's custom token places, key-auth and regex origins are reported.
+    // jwt-auth's token places, as APISIX reads them.
+    let jwt = route(&c, "jwt-route");
+    let sources: Vec<&str> = jwt["token_from"]
+        .as_array()
+        .expect("token_from")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            "header:jwt-auth-header",
+            "query:jwt-query",
+            "cookie:jwt-cookie"
+        ]
+    );
+    // key-auth, regex origins and the RS256 consumer are reported.
     for said in [
-        "jwt-auth header \"jwt-auth-header\"",
-        "jwt-auth cookie \"jwt-cookie\"",
         "key-auth",
         "allow_origins_by_regex",
         "consumer \"cred-jack-jwt-auth-2\": key \"jack-key\", RS256",

@@ -497,6 +497,39 @@ async fn token_sources_are_per_route() {
 }
 
 #[tokio::test]
+async fn a_cookie_token_opens_a_websocket_only_from_the_gateways_own_origin() {
+    let backend = Backend::start().await;
+    let extra = r#"
+[[routes]]
+path = "/desk"
+access = "authenticated"
+upstream = "push"
+
+[routes.websocket]
+token_from = ["cookie:at"]
+"#;
+    let gw = Gateway::start(&config(backend.port, extra));
+    let cookie = format!("at={}", user_token("alice", "agency-7", "1h"));
+    // Another site's page opens a WebSocket: the browser adds the cookie and the Origin.
+    let refused = connect(
+        &gw,
+        "/desk",
+        &[("cookie", &cookie), ("origin", "https://evil.test")],
+    )
+    .await
+    .expect_err("cross-site hijacking refused");
+    assert!(refused.to_string().contains("403"), "{refused}");
+    let before = backend.count();
+    let origin = format!("http://127.0.0.1:{}", gw.port);
+    let (mut ws, _) = connect(&gw, "/desk", &[("cookie", &cookie), ("origin", &origin)])
+        .await
+        .expect("same origin accepted");
+    round_trip(&mut ws, "c").await;
+    assert_eq!(backend.count(), before + 1);
+    assert_eq!(backend.last().header("x-user-id"), Some("alice"));
+}
+
+#[tokio::test]
 async fn eviction_ends_a_subjects_websockets_on_every_instance() {
     let redis = Redis::start();
     let backend = Backend::start().await;

@@ -11,6 +11,7 @@ pub(crate) mod introspect;
 mod issuer;
 pub(crate) mod jwt;
 mod keys;
+pub mod source;
 
 use std::collections::HashMap;
 use std::sync::Arc;

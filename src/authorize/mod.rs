@@ -111,6 +111,10 @@ pub enum Forbidden {
     /// The external decision point could not decide, and the route's `on_error` is `deny`.
     #[error("the external decision point could not decide")]
     ExternalUnavailable,
+    /// A token from a cookie on a cross-site request that changes something (or opens a
+    /// WebSocket).
+    #[error("cross-site request with a cookie's token")]
+    CrossSite,
 }
 
 impl Forbidden {
@@ -123,6 +127,7 @@ impl Forbidden {
             Forbidden::Denied(_) => "denied_by_rule",
             Forbidden::ExternalDenied => "ext_authz_denied",
             Forbidden::ExternalUnavailable => "ext_authz_unavailable",
+            Forbidden::CrossSite => "cross_site_request",
         }
     }
 

@@ -154,8 +154,10 @@ impl Default for WebSocketConf {
 pub struct RouteWebSocketConf {
     /// Where the upgrade request's token may come from, tried in this order: `header`
     /// (`Authorization: Bearer`), `query` (`?access_token=`, for browsers, which cannot set
-    /// headers on a WebSocket) and `subprotocol`. Default: `["header"]`.
+    /// headers on a WebSocket), `subprotocol`, and the sources of a route's `token_from`
+    /// (`header:NAME`, `cookie:NAME`, `query:NAME`). Default: `["header"]`.
     #[serde(default = "default_token_from")]
+    #[schemars(with = "Vec<String>")]
     pub token_from: Vec<TokenSource>,
 }
 
@@ -163,12 +165,63 @@ fn default_token_from() -> Vec<TokenSource> {
     vec![TokenSource::Header]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// Where a token may be: `header` (`Authorization: Bearer`), `header:NAME` (the value of
+/// another header), `cookie:NAME`, `query` (`[websocket] query_parameter`) or `query:NAME`,
+/// and, for WebSocket upgrades only, `subprotocol`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum TokenSource {
     Header,
-    Query,
+    NamedHeader(String),
+    Cookie(String),
+    /// `None`: `[websocket] query_parameter`.
+    Query(Option<String>),
     Subprotocol,
+}
+
+impl TryFrom<String> for TokenSource {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let named = |kind: &str, name: &str| {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !"=;,\"".contains(c))
+            {
+                Err(format!("{s:?}: {kind} needs a name, e.g. {kind}:NAME"))
+            } else {
+                Ok(name.to_string())
+            }
+        };
+        match s.split_once(':') {
+            None => match s.as_str() {
+                "header" => Ok(Self::Header),
+                "query" => Ok(Self::Query(None)),
+                "subprotocol" => Ok(Self::Subprotocol),
+                "cookie" => Err(format!("{s:?}: cookie needs a name, e.g. cookie:NAME")),
+                _ => Err(format!(
+                    "{s:?}: expected header, header:NAME, cookie:NAME, query, query:NAME or \
+                     subprotocol"
+                )),
+            },
+            Some(("header", name)) => {
+                let name = named("header", name)?.to_ascii_lowercase();
+                if name == "authorization" {
+                    return Ok(Self::Header);
+                }
+                http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("{s:?}: not a header name"))?;
+                Ok(Self::NamedHeader(name))
+            }
+            Some(("cookie", name)) => Ok(Self::Cookie(named("cookie", name)?)),
+            Some(("query", name)) => Ok(Self::Query(Some(named("query", name)?))),
+            Some(_) => Err(format!(
+                "{s:?}: expected header, header:NAME, cookie:NAME, query, query:NAME or \
+                 subprotocol"
+            )),
+        }
+    }
 }
 
 /// `[logging]`: where the JSON-lines logs go: `"stdout"`, `"stderr"`, `"off"`, or a file path
@@ -1385,6 +1438,13 @@ pub struct RouteConf {
     pub request_headers: Option<HeaderEditsConf>,
     /// `[routes.response_headers]`: headers removed from and set on the upstream's response.
     pub response_headers: Option<HeaderEditsConf>,
+    /// Where an authenticated route's token may be, tried in this order: `header`
+    /// (`Authorization: Bearer`), `header:NAME` (another header's value, `Bearer ` optional),
+    /// `cookie:NAME`, `query` / `query:NAME` (removed from the query the upstream gets).
+    /// A token from a cookie is refused (403) on a cross-site request with a method other
+    /// than GET, HEAD or OPTIONS. Values are never logged. Default: `["header"]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub token_from: Option<Vec<TokenSource>>,
     /// Which tokens an authenticated route takes: `users` (default), `services` (system and
     /// metadata APIs for backend jobs), or `any`.
     pub callers: Option<RouteCallers>,

@@ -248,6 +248,8 @@ struct Match {
 #[derive(Default)]
 struct Plan {
     authenticated: bool,
+    /// Where the token may be, when not only `Authorization: Bearer`.
+    token_from: Vec<String>,
     issuers: Vec<String>,
     scopes: Vec<String>,
     limit_group: Option<String>,
@@ -456,6 +458,9 @@ impl Output {
             if !plan.issuers.is_empty() {
                 doc.set("issuers", strings(&plan.issuers));
             }
+            if !plan.token_from.is_empty() {
+                doc.set("token_from", strings(&plan.token_from));
+            }
         } else {
             doc.set("access", string("public"));
         }
@@ -491,21 +496,23 @@ impl Output {
                 plan.authenticated = true;
                 let issuer = self.jwt_auth_issuer(source);
                 plan.issuers.push(issuer);
-                for (field, what) in [
-                    ("header", "a custom token header"),
-                    ("query", "a token in the query"),
-                    ("cookie", "a token in a cookie"),
-                ] {
-                    if let Some(v) = text(conf, field) {
-                        self.not_translated(
-                            &mut plan.notes,
-                            format!(
-                                "route {id}: jwt-auth {field} {v:?} ({what}): tokens are read \
-                                 from `Authorization: Bearer`"
-                            ),
-                        );
-                    }
-                }
+                // jwt-auth reads the header, then the query, then a cookie.
+                let header = text(conf, "header").unwrap_or_else(|| "authorization".into());
+                let query = text(conf, "query").unwrap_or_else(|| "jwt".into());
+                let cookie = text(conf, "cookie").unwrap_or_else(|| "jwt".into());
+                plan.token_from = vec![
+                    if header.eq_ignore_ascii_case("authorization") {
+                        "header".into()
+                    } else {
+                        format!("header:{header}")
+                    },
+                    format!("query:{query}"),
+                    format!("cookie:{cookie}"),
+                ];
+                plan.notes.push(format!(
+                    "CHECK: route {id}: jwt-auth also took the token from the query ({query:?}) \
+                     and a cookie ({cookie:?}): keep in token_from only what clients use"
+                ));
                 if conf.get("anonymous_consumer").is_some() {
                     self.not_translated(
                         &mut plan.notes,

@@ -7,9 +7,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, HOST};
+use http::Method;
 use pingora_http::RequestHeader;
 
-use crate::authenticate::{bearer_token, AuthError, Principal};
+use crate::authenticate::source::{self, Located};
+use crate::authenticate::{AuthError, Principal};
 use crate::authorize::external::{self, ExtAuthz, Verdict};
 use crate::authorize::{self, Forbidden, Granted};
 use crate::config::{Access, OnError};
@@ -313,7 +315,9 @@ async fn consult(
     facts: &mut Facts,
 ) -> Result<Option<external::Headers>, Rejection> {
     let principal = facts.principal.as_deref();
-    let token = principal.and_then(|_| token_of(req, route, snap).ok());
+    let token = principal
+        .and_then(|_| token_of(req, route, snap).ok())
+        .map(|l| l.token);
     let question = external::Question {
         route: &route.name,
         method: &req.method,
@@ -358,10 +362,17 @@ async fn authenticate(
     client: &Client<'_>,
     facts: &mut Facts,
 ) -> Result<Arc<Principal>, Rejection> {
-    let token = token_of(req, route, snap).map_err(|e| {
+    let Located { token, from_cookie } = token_of(req, route, snap).map_err(|e| {
         metrics::authentication(e.reason());
         Rejection::Unauthorized(e)
     })?;
+    // A browser sends cookies on its own, also when another site makes it: a cookie's token
+    // does not let that site change anything, nor open a WebSocket.
+    let changes = !matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || handshake::is_websocket(req);
+    if from_cookie && changes && !source::same_origin(req) {
+        return Err(Rejection::Forbidden(Forbidden::CrossSite));
+    }
     if client.audit {
         facts.token_id = Some(crate::logs::token_fingerprint(&token));
     }
@@ -377,18 +388,18 @@ async fn authenticate(
     principal.map_err(Rejection::from)
 }
 
-/// The request's token: its bearer token, or where the route says a WebSocket carries it
-/// (browsers cannot set headers on a WebSocket).
+/// The request's token, from where the route says it may be (for a WebSocket upgrade, where
+/// `[routes.websocket]` says: browsers cannot set headers on a WebSocket).
 pub fn token_of<'r>(
     req: &'r RequestHeader,
     route: &Route,
     snap: &Snapshot,
-) -> Result<Cow<'r, str>, AuthError> {
+) -> Result<Located<'r>, AuthError> {
     match &route.websocket {
         Some(sources) if handshake::is_websocket(req) => {
             handshake::token(req, sources, &snap.websocket)
         }
-        _ => bearer_token(req).map(Cow::Borrowed),
+        _ => source::locate(req, &route.token_from, &snap.websocket.query_parameter),
     }
 }
 

@@ -22,6 +22,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::authenticate::source;
 use crate::metrics;
 use crate::request_id;
 use crate::respond::{self, Reply};
@@ -84,11 +85,20 @@ fn prepare_upstream_request(
     }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
     req.insert_header(request_id::HEADER, request_id.clone())?;
+    // A token read from the query is not passed on.
+    let route = forwarding.route(snap);
+    let names = source::query_names(&route.token_from, &snap.websocket.query_parameter);
+    let query = req.uri.query();
+    let stripped = query
+        .filter(|_| !names.is_empty())
+        .and_then(|q| source::without_params(q, &names));
     // Read, not taken: a retry builds the upstream request again.
-    if let Some(path) = forwarding.pass.upstream_path() {
-        let uri = match req.uri.query() {
+    let path = forwarding.pass.upstream_path();
+    if path.is_some() || stripped.is_some() {
+        let path = path.unwrap_or(req.uri.path());
+        let uri = match stripped.as_deref().or(query) {
+            Some("") | None => path.to_string(),
             Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
         };
         let uri = http::Uri::try_from(uri).map_err(|e| {
             Error::because(ErrorType::InternalError, "normalized path is not a URI", e)

@@ -121,7 +121,7 @@ pub async fn serve(
     let recheck = principal.and(snap.authenticator.websocket_recheck());
     let token = match (recheck, route) {
         (Some(_), Some(route)) => token_of(session.req_header(), route, &snap)
-            .map(std::borrow::Cow::into_owned)
+            .map(|l| l.token.into_owned())
             .unwrap_or_default(),
         _ => String::new(),
     };

@@ -40,6 +40,8 @@ pub struct Route {
     pub action: Action,
     /// Where a WebSocket upgrade's token may come from; `None`: the route takes no upgrades.
     pub websocket: Option<Vec<TokenSource>>,
+    /// Where the token of any other request may come from.
+    pub token_from: Vec<TokenSource>,
     /// What request bodies the route takes, and how.
     pub body: BodyPolicy,
     /// How the path sent upstream differs from the routed one.
@@ -247,6 +249,23 @@ impl Route {
             .map(|conf| ExtAuthz::compile(conf, &at.key("ext_authz")))
             .transpose()?;
 
+        let token_from = match &r.token_from {
+            None => vec![TokenSource::Header],
+            Some(_) if r.access == Access::Public => {
+                return Err(err("token_from", "a public route reads no token"));
+            }
+            Some(list) if list.is_empty() => {
+                return Err(err("token_from", "needs at least one source"));
+            }
+            Some(list) if list.contains(&TokenSource::Subprotocol) => {
+                return Err(err(
+                    "token_from",
+                    "subprotocol is for WebSocket upgrades: set it in [routes.websocket]",
+                ));
+            }
+            Some(list) => list.clone(),
+        };
+
         let websocket = match &r.websocket {
             None => None,
             Some(_) if matches!(action, Action::Respond(_)) => {
@@ -321,6 +340,7 @@ impl Route {
             limit_group: r.limit_group.as_deref().and_then(|g| names.groups.find(g)),
             action,
             websocket,
+            token_from,
             body: BodyPolicy {
                 max: r.max_body_size.unwrap_or(names.max_body_size),
                 buffer: r.request_buffering,

@@ -11,7 +11,8 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::inband::RenewalShape;
-use crate::authenticate::{bearer_token, AuthError};
+use crate::authenticate::source::{self, Located};
+use crate::authenticate::AuthError;
 use crate::config::{Invalid, KeyPath, TokenSource, WebSocketConf};
 
 /// `[websocket]`, compiled.
@@ -125,20 +126,9 @@ pub fn token<'r>(
     req: &'r RequestHeader,
     sources: &[TokenSource],
     settings: &Settings,
-) -> Result<Cow<'r, str>, AuthError> {
+) -> Result<Located<'r>, AuthError> {
     for source in sources {
         let found = match source {
-            TokenSource::Header => match bearer_token(req) {
-                Err(AuthError::Missing) => None,
-                other => Some(other.map(Cow::Borrowed)?),
-            },
-            TokenSource::Query => query_value(req, &settings.query_parameter)
-                .map(|v| {
-                    percent_encoding::percent_decode_str(v)
-                        .decode_utf8()
-                        .map_err(|_| AuthError::Malformed)
-                })
-                .transpose()?,
             TokenSource::Subprotocol => {
                 let mut offered = protocols(req);
                 offered
@@ -147,24 +137,18 @@ pub fn token<'r>(
                     .and_then(|_| offered.next())
                     .map(Cow::Borrowed)
             }
+            other => source::one(req, other, &settings.query_parameter)?,
         };
         match found {
             Some(t) if t.is_empty() => return Err(AuthError::Malformed),
-            Some(t) => return Ok(t),
+            Some(token) => {
+                let from_cookie = matches!(source, TokenSource::Cookie(_));
+                return Ok(Located { token, from_cookie });
+            }
             None => {}
         }
     }
     Err(AuthError::Missing)
-}
-
-fn query_value<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
-    req.uri
-        .query()?
-        .split('&')
-        .find_map(|pair| match pair.split_once('=') {
-            Some((n, v)) if n == name => Some(v),
-            _ => None,
-        })
 }
 
 /// What the backend is shown of an upgrade request: no token in the query or among the
@@ -294,7 +278,7 @@ mod tests {
         let s = settings();
         let all = [
             TokenSource::Header,
-            TokenSource::Query,
+            TokenSource::Query(None),
             TokenSource::Subprotocol,
         ];
         let req = upgrade(
@@ -302,9 +286,10 @@ mod tests {
             &[("sec-websocket-protocol", "chat, access_token, sub.tok")],
         );
         assert!(is_websocket(&req));
-        assert_eq!(token(&req, &all, &s).as_deref(), Ok("a.b"));
+        let found = |r: Result<Located, AuthError>| r.map(|l| l.token.into_owned());
+        assert_eq!(found(token(&req, &all, &s)).as_deref(), Ok("a.b"));
         assert_eq!(
-            token(&req, &[TokenSource::Subprotocol], &s).as_deref(),
+            found(token(&req, &[TokenSource::Subprotocol], &s)).as_deref(),
             Ok("sub.tok")
         );
         assert_eq!(
@@ -312,7 +297,7 @@ mod tests {
             Err(AuthError::Missing)
         );
         let req = upgrade("/ws", &[("authorization", "Bearer h.t")]);
-        assert_eq!(token(&req, &all, &s).as_deref(), Ok("h.t"));
+        assert_eq!(found(token(&req, &all, &s)).as_deref(), Ok("h.t"));
         let req = upgrade("/ws?access_token=", &[]);
         assert_eq!(token(&req, &all, &s), Err(AuthError::Malformed));
     }
