@@ -24,26 +24,19 @@ need wrk:wrk nginx:nginx-light taskset:util-linux curl:curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 UP=$(port); COLLECTOR=$(port)
-cat > "$TMP/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_max_body_size 64m;
-  server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$COLLECTOR; location / { return 200 ""; } }
-}
-NGINX
-taskset -c 1 "$NGINX" -c "$TMP/nginx.conf" -p "$TMP" & PIDS+=($!)
+nginx_server nginx 1 "$UP" 'location / { return 200 "ok\n"; }'
+nginx_server collector 1 "$COLLECTOR" 'client_max_body_size 64m; location / { return 200 ""; }'
+for name in nginx collector; do
+  taskset -c 1 "$NGINX" -c "$TMP/$name.conf" -p "$TMP" & PIDS+=($!)
+done
 wait_port "$UP"; wait_port "$COLLECTOR"
 
 for i in $(seq 64); do
   "$BIN" token --key conf/dev/private-key.pem --sub "user-$i" --roles agent --ttl 1h
 done > "$TMP/tokens.txt"
 lua_tokens "$TMP/tokens.txt"
+ISS=https://dev.portcullis.local
+cp conf/dev/jwks.json "$TMP/jwks.json"
 
 MODES="off ratio-0 off-again ratio-1"
 declare -A GW_PORT GW_PID ADMIN
@@ -58,42 +51,12 @@ sampling_ratio = 0.0" ;;
 endpoint = \"http://127.0.0.1:$COLLECTOR/v1/traces\"
 sampling_ratio = 1.0" ;;
   esac
-  cat > "$TMP/$mode.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$GW"]
-threads = 1
-pid_file = "$TMP/$mode.pid"
-upgrade_sock = "$TMP/$mode.sock"
+  portcullis_conf "$mode" 1 "$GW" authenticated "$FULL_POLICY
 
 [admin]
-listen = "127.0.0.1:$AD"
+listen = \"127.0.0.1:$AD\"
 
-[logging]
-access_log = "off"
-audit_log = "off"
-
-[issuers.dev]
-issuer = "https://dev.portcullis.local"
-audiences = ["portcullis"]
-jwks_file = "$PWD/conf/dev/jwks.json"
-
-[upstreams.nginx]
-targets = ["127.0.0.1:$UP"]
-
-[[routes]]
-path = "/bench"
-upstream = "nginx"
-access = "authenticated"
-[[routes.allow]]
-methods = ["GET"]
-roles = ["agent"]
-
-[[rate_limit.tiers]]
-name = "users"
-limits = ["1000000/second"]
-
-$tracing
-TOML
+$tracing"
   RUST_LOG=warn taskset -c 0 "$BIN" run -c "$TMP/$mode.toml" 2>"$TMP/$mode.log" & PIDS+=($!)
   GW_PID[$mode]=$!; GW_PORT[$mode]=$GW; ADMIN[$mode]=$AD
 done

@@ -151,3 +151,16 @@ pub fn config(data: &[u8]) {
     }
     let _ = KeyPath::root().key("fuzz").index(0).to_string();
 }
+
+/// An APISIX file, as `portcullis import apisix` reads it: whatever it makes of it must be a
+/// TOML document.
+pub fn apisix(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(imported) = crate::import::apisix::translate(text) {
+        if let Err(e) = imported.toml.parse::<toml::Table>() {
+            panic!("the import wrote no TOML ({e}):\n{}", imported.toml);
+        }
+    }
+}

@@ -39,6 +39,12 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Hi
     )
 }
 
+fn counter(name: &str, help: &str) -> IntCounter {
+    register(
+        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
+    )
+}
+
 fn int_gauge(name: &str, help: &str) -> IntGauge {
     register(
         IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}")),
@@ -127,12 +133,9 @@ static RATE_LIMIT_FALLBACKS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 static REDIS_ERRORS: Lazy<IntCounter> = Lazy::new(|| {
-    register(
-        IntCounter::new(
-            "rate_limit_redis_errors_total",
-            "Failed Redis round trips (timeouts, lost connections, errors).",
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    counter(
+        "rate_limit_redis_errors_total",
+        "Failed Redis round trips (timeouts, lost connections, errors).",
     )
 });
 
@@ -258,12 +261,9 @@ static UPSTREAM_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 static TRACE_SPANS_EXPORTED: Lazy<IntCounter> = Lazy::new(|| {
-    register(
-        IntCounter::new(
-            "trace_spans_exported_total",
-            "Spans sent to the OTLP collector and accepted by it.",
-        )
-        .unwrap_or_else(|e| panic!("metric is malformed: {e}")),
+    counter(
+        "trace_spans_exported_total",
+        "Spans sent to the OTLP collector and accepted by it.",
     )
 });
 

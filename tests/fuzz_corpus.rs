@@ -43,3 +43,8 @@ fn websocket_corpus() {
 fn config_corpus() {
     replay("config", portcullis::fuzz::config);
 }
+
+#[test]
+fn apisix_corpus() {
+    replay("apisix", portcullis::fuzz::apisix);
+}

@@ -48,7 +48,7 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
   cargo +nightly fuzz build -O
   scratch=$(mktemp -d)
-  for target in token introspection route websocket config; do
+  for target in token introspection route websocket config apisix; do
     mkdir -p "$scratch/$target"
     fuzzed=0
     cargo +nightly fuzz run -O "$target" "$scratch/$target" "fuzz/corpus/$target" -- \

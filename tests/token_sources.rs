@@ -90,6 +90,24 @@ async fn tokens_are_found_where_the_route_says_and_never_logged() {
     let r = send("GET", &gw.url("/api/x"), None, &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 401);
 
+    // `explain` reads the token where the route says.
+    let explained = Command::new(BIN)
+        .args([
+            "explain",
+            "-c",
+            gw.conf.to_str().expect("path"),
+            "--json",
+            "-H",
+        ])
+        .arg(format!("Cookie: {cookie}"))
+        .args(["GET", "/app/orders"])
+        .output()
+        .expect("explain");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&explained.stdout).expect("explain JSON");
+    assert_eq!(answer["token"]["accepted"], true, "{answer}");
+    assert_eq!(answer["token"]["subject"], "u1", "{answer}");
+
     let dir = logs.path();
     let logged = format!(
         "{}{}{}",

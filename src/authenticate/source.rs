@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use http::HeaderMap;
 use pingora_http::RequestHeader;
 
-use super::{bearer_token, AuthError};
+use super::{bearer_token_of, AuthError};
 use crate::config::TokenSource;
 
 /// A token, and whether a cookie carried it (browsers send cookies on their own, so such a
@@ -16,15 +16,17 @@ pub struct Located<'r> {
     pub from_cookie: bool,
 }
 
-/// The token from the first of `sources` that holds one; `query` without a name reads
-/// `query_parameter`. `subprotocol` is the WebSocket handshake's business and read there.
+/// The token from the first of `sources` that holds one, in a request's `headers` and
+/// `query`; `query` without a name reads `query_parameter`. `subprotocol` is the WebSocket
+/// handshake's business and read there.
 pub fn locate<'r>(
-    req: &'r RequestHeader,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
     sources: &[TokenSource],
     query_parameter: &str,
 ) -> Result<Located<'r>, AuthError> {
     for source in sources {
-        if let Some(token) = one(req, source, query_parameter)? {
+        if let Some(token) = one(headers, query, source, query_parameter)? {
             if token.is_empty() {
                 return Err(AuthError::Malformed);
             }
@@ -37,17 +39,18 @@ pub fn locate<'r>(
 
 /// The token `source` holds, if it holds one.
 pub fn one<'r>(
-    req: &'r RequestHeader,
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
     source: &TokenSource,
     query_parameter: &str,
 ) -> Result<Option<Cow<'r, str>>, AuthError> {
     Ok(match source {
-        TokenSource::Header => match bearer_token(req) {
+        TokenSource::Header => match bearer_token_of(headers) {
             Err(AuthError::Missing) => None,
             other => Some(Cow::Borrowed(other?)),
         },
         TokenSource::NamedHeader(name) => {
-            let mut values = req.headers.get_all(name.as_str()).iter();
+            let mut values = headers.get_all(name.as_str()).iter();
             match (values.next(), values.next()) {
                 (None, _) => None,
                 (Some(_), Some(_)) => return Err(AuthError::Malformed),
@@ -63,10 +66,10 @@ pub fn one<'r>(
                 }
             }
         }
-        TokenSource::Cookie(name) => cookie(&req.headers, name)?.map(Cow::Borrowed),
+        TokenSource::Cookie(name) => cookie(headers, name)?.map(Cow::Borrowed),
         TokenSource::Query(name) => {
             let name = name.as_deref().unwrap_or(query_parameter);
-            match query_value(req, name) {
+            match query.and_then(|q| query_value(q, name)) {
                 None => None,
                 Some(v) => Some(
                     percent_encoding::percent_decode_str(v)
@@ -109,9 +112,8 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Aut
 }
 
 /// The raw value of a query parameter.
-pub fn query_value<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r str> {
-    req.uri
-        .query()?
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
         .split('&')
         .find_map(|pair| match pair.split_once('=') {
             Some((n, v)) if n == name => Some(v),
@@ -186,33 +188,55 @@ mod tests {
                 ("x-api-token", "Bearer h.t"),
             ],
         );
-        let found = locate(&r, &s, "access_token").expect("found");
+        let found = locate(&r.headers, r.uri.query(), &s, "access_token").expect("found");
         assert_eq!(found.token, "h.t");
         assert!(!found.from_cookie);
         let r = req("/a?t=q%2Et", &[("cookie", "theme=dark; at=\"c.t\"")]);
-        let found = locate(&r, &s, "access_token").expect("found");
+        let found = locate(&r.headers, r.uri.query(), &s, "access_token").expect("found");
         assert_eq!((found.token.as_ref(), found.from_cookie), ("c.t", true));
         let r = req("/a?x=1&t=q%2Et", &[]);
-        assert_eq!(locate(&r, &s, "access_token").expect("found").token, "q.t");
-        assert_eq!(locate(&req("/a", &[]), &s, "x"), Err(AuthError::Missing));
+        assert_eq!(
+            locate(&r.headers, r.uri.query(), &s, "access_token")
+                .expect("found")
+                .token,
+            "q.t"
+        );
+        assert_eq!(
+            locate(&HeaderMap::new(), None, &s, "x"),
+            Err(AuthError::Missing)
+        );
         // The bearer header first, when it is listed first.
         let r = req(
             "/a",
             &[("authorization", "Bearer b.t"), ("cookie", "at=c.t")],
         );
-        assert_eq!(locate(&r, &s, "x").expect("found").token, "b.t");
+        assert_eq!(
+            locate(&r.headers, r.uri.query(), &s, "x")
+                .expect("found")
+                .token,
+            "b.t"
+        );
     }
 
     #[test]
     fn ambiguous_or_empty_tokens_are_malformed() {
         let s = sources(&["cookie:at"]);
         let r = req("/", &[("cookie", "at=1"), ("cookie", "at=2")]);
-        assert_eq!(locate(&r, &s, "x"), Err(AuthError::Malformed));
+        assert_eq!(
+            locate(&r.headers, r.uri.query(), &s, "x"),
+            Err(AuthError::Malformed)
+        );
         let r = req("/", &[("cookie", "at=")]);
-        assert_eq!(locate(&r, &s, "x"), Err(AuthError::Malformed));
+        assert_eq!(
+            locate(&r.headers, r.uri.query(), &s, "x"),
+            Err(AuthError::Malformed)
+        );
         let s = sources(&["header:x-token"]);
         let r = req("/", &[("x-token", "a"), ("x-token", "b")]);
-        assert_eq!(locate(&r, &s, "x"), Err(AuthError::Malformed));
+        assert_eq!(
+            locate(&r.headers, r.uri.query(), &s, "x"),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]

@@ -982,6 +982,8 @@ impl Output {
             _ => {}
         }
         let mut doc = Doc::default();
+        // APISIX takes weight 0 as "no traffic".
+        targets.retain(|(_, w)| *w > 0);
         if targets.is_empty() {
             self.not_translated(
                 notes,
@@ -989,7 +991,6 @@ impl Output {
             );
             targets.push(("127.0.0.1:80".into(), 1));
         }
-        targets.retain(|(_, w)| *w > 0);
         let max = targets.iter().map(|(_, w)| *w).max().unwrap_or(1);
         let scaled = max > 100;
         let same = targets.iter().all(|(_, w)| *w == targets[0].1);
@@ -999,7 +1000,11 @@ impl Output {
                 if same {
                     string(a)
                 } else {
-                    let w = if scaled { (w * 100).div_ceil(max) } else { *w };
+                    let w = if scaled {
+                        w.saturating_mul(100).div_ceil(max)
+                    } else {
+                        *w
+                    };
                     format!(
                         "{{ address = {}, weight = {} }}",
                         string(a),

@@ -238,7 +238,7 @@ async fn decide<'s>(
         };
         let span = trace::child("rate_limit");
         let checked = snap.rate_limiter.check(&caller, route.limit_group).await;
-        if let Ok(Some(verdict)) = &checked {
+        if let (Ok(Some(verdict)), true) = (&checked, span.recording()) {
             span.set(
                 "portcullis.rate_limit.tier",
                 snap.rate_limiter.tier_name(verdict).to_string(),
@@ -371,6 +371,7 @@ async fn authenticate(
     let changes = !matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS)
         || handshake::is_websocket(req);
     if from_cookie && changes && !source::same_origin(req) {
+        metrics::authorization_denied(&route.name, Forbidden::CrossSite.reason());
         return Err(Rejection::Forbidden(Forbidden::CrossSite));
     }
     if client.audit {
@@ -399,7 +400,12 @@ pub fn token_of<'r>(
         Some(sources) if handshake::is_websocket(req) => {
             handshake::token(req, sources, &snap.websocket)
         }
-        _ => source::locate(req, &route.token_from, &snap.websocket.query_parameter),
+        _ => source::locate(
+            &req.headers,
+            req.uri.query(),
+            &route.token_from,
+            &snap.websocket.query_parameter,
+        ),
     }
 }
 

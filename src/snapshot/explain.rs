@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{Action, Route, Snapshot};
-use crate::authenticate::{bearer_token_of, Principal};
+use crate::authenticate::{source, Principal};
 use crate::authorize::{self, Forbidden};
 use crate::config::Access;
 use crate::rate_limit::Caller;
@@ -319,14 +319,23 @@ impl Snapshot {
                     .authenticate(t, route.issuers.as_deref(), None)
                     .await
                     .map(|p| (p, true)),
-                Credential::None => match bearer_token_of(&q.headers) {
-                    Ok(t) => self
-                        .authenticator
-                        .authenticate(t, route.issuers.as_deref(), None)
-                        .await
-                        .map(|p| (p, true)),
-                    Err(e) => Err(e),
-                },
+                Credential::None => {
+                    let query = path_and_query.split_once('?').map(|(_, q)| q);
+                    let sources = &route.token_from;
+                    match source::locate(
+                        &q.headers,
+                        query,
+                        sources,
+                        &self.websocket.query_parameter,
+                    ) {
+                        Ok(found) => self
+                            .authenticator
+                            .authenticate(&found.token, route.issuers.as_deref(), None)
+                            .await
+                            .map(|p| (p, true)),
+                        Err(e) => Err(e),
+                    }
+                }
             };
             match verdict {
                 Ok((p, checked)) => {

@@ -229,6 +229,11 @@ pub async fn within<F: Future>(recorder: Option<&Recorder>, work: F) -> F::Outpu
 pub struct Child(Option<(Recorder, SpanRef)>);
 
 impl Child {
+    /// Whether the span is recorded: a value that costs something to make is made only then.
+    pub fn recording(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
         if let Some((r, s)) = &self.0 {
             r.set(*s, key, value);

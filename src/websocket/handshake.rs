@@ -137,7 +137,12 @@ pub fn token<'r>(
                     .and_then(|_| offered.next())
                     .map(Cow::Borrowed)
             }
-            other => source::one(req, other, &settings.query_parameter)?,
+            other => source::one(
+                &req.headers,
+                req.uri.query(),
+                other,
+                &settings.query_parameter,
+            )?,
         };
         match found {
             Some(t) if t.is_empty() => return Err(AuthError::Malformed),
