@@ -159,23 +159,21 @@ pub fn token<'r>(
 /// What the backend is shown of an upgrade request: no token in the query or among the
 /// subprotocols, and only extensions the gateway can read through.
 pub fn upstream_request(req: &mut RequestHeader, settings: &Settings) -> Result<()> {
-    if let Some(query) = req.uri.query() {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| pair.split('=').next() != Some(settings.query_parameter.as_str()))
-            .collect();
-        if kept.len() != query.split('&').count() {
-            let path = req.uri.path();
-            let uri = if kept.is_empty() {
-                path.to_string()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            };
-            let uri = http::Uri::try_from(uri).map_err(|e| {
-                Error::because(ErrorType::InternalError, "query without the token", e)
-            })?;
-            req.set_uri(uri);
-        }
+    let names = [settings.query_parameter.as_str()];
+    if let Some(kept) = req
+        .uri
+        .query()
+        .and_then(|q| source::without_params(q, &names))
+    {
+        let path = req.uri.path();
+        let uri = if kept.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{kept}")
+        };
+        let uri = http::Uri::try_from(uri)
+            .map_err(|e| Error::because(ErrorType::InternalError, "query without the token", e))?;
+        req.set_uri(uri);
     }
 
     let offered: Vec<&str> = protocols(req).collect();
