@@ -387,6 +387,23 @@ static INTROSPECTION_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+static UPSTREAM_CREDENTIAL_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "upstream_credential_calls_total",
+        "Calls to token endpoints for upstream credentials, by upstream, grant and result.",
+        &["upstream", "grant", "result"],
+    )
+});
+
+static UPSTREAM_CREDENTIAL_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram_vec(
+        "upstream_credential_call_duration_seconds",
+        "Time of calls to token endpoints for upstream credentials, by upstream.",
+        &["upstream"],
+        LATENCY,
+    )
+});
+
 static INTROSPECTION_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "introspection_calls_total",
@@ -427,6 +444,17 @@ pub fn introspection_call(issuer: &str, result: &str) {
     INTROSPECTION_CALLS
         .with_label_values(&[issuer, result])
         .inc();
+}
+
+/// One call to a token endpoint for an upstream's credentials: `ok`, `refused` (an exchange
+/// the provider would not make) or `error`.
+pub fn upstream_credentials(upstream: &str, grant: &str, result: &str, took: Duration) {
+    UPSTREAM_CREDENTIAL_CALLS
+        .with_label_values(&[upstream, grant, result])
+        .inc();
+    UPSTREAM_CREDENTIAL_DURATION
+        .with_label_values(&[upstream])
+        .observe(took.as_secs_f64());
 }
 
 pub fn introspection_duration(issuer: &str, took: Duration) {

@@ -12,6 +12,7 @@ use crate::authorize::{external, Forbidden};
 use crate::config::{Invalid, KeyPath, ResponsesConf};
 use crate::rate_limit::{StoreUnavailable, Verdict};
 use crate::route::PathError;
+use crate::upstream::CredentialError;
 
 /// A complete response, ready to write.
 #[derive(Debug, Clone)]
@@ -163,6 +164,8 @@ pub enum Rejection {
     External(Arc<external::Answer>),
     /// A CORS preflight for an origin, method or header the route does not allow.
     CorsRefused(&'static str),
+    /// No token could be had for an upstream that requires its own.
+    UpstreamCredentials(CredentialError),
 }
 
 impl From<AuthError> for Rejection {
@@ -192,6 +195,8 @@ impl Rejection {
             Rejection::Limited(_) => 429,
             Rejection::LimiterUnavailable(_) | Rejection::Undecided { .. } => 503,
             Rejection::External(a) => a.status,
+            Rejection::UpstreamCredentials(CredentialError::Refused) => 403,
+            Rejection::UpstreamCredentials(CredentialError::Unavailable { .. }) => 503,
         }
     }
 }
@@ -299,6 +304,17 @@ impl Responses {
             Rejection::Undecided { retry_after_secs } => unavailable(
                 "the identity provider could not be asked whether the token is active",
                 retry_after_secs.into(),
+            ),
+            Rejection::UpstreamCredentials(CredentialError::Unavailable { retry_after_secs }) => {
+                unavailable(
+                    "no token could be obtained for the upstream",
+                    retry_after_secs.into(),
+                )
+            }
+            Rejection::UpstreamCredentials(CredentialError::Refused) => json_error(
+                403,
+                "token_exchange_refused",
+                "the identity provider would not exchange this token for the upstream",
             ),
             Rejection::External(a) => Reply {
                 status: a.status,

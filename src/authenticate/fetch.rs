@@ -48,6 +48,18 @@ fn build(redirects: reqwest::redirect::Policy) -> Result<reqwest::Client, FetchE
         .map_err(|e| FetchError::Client(e.to_string()))
 }
 
+/// The `Authorization` of a client authenticating with `client_secret_basic`: RFC 6749
+/// §2.3.1 has id and secret form-encoded before they are joined.
+pub fn basic_credentials(client_id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 /// GETs a JSON document, bounded in time and size. Returns it with its `max-age`, if any.
 pub async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
     let response = http_client()?
@@ -65,10 +77,16 @@ pub async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Durati
 }
 
 /// The body of a successful response, refused past [`MAX_DOCUMENT_BYTES`].
-pub async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, FetchError> {
+pub async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, FetchError> {
     if !response.status().is_success() {
         return Err(FetchError::Status(response.status().as_u16()));
     }
+    read_bounded(response).await
+}
+
+/// The body of any response, refused past [`MAX_DOCUMENT_BYTES`]: for the JSON error
+/// answers of OAuth endpoints too.
+pub async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, FetchError> {
     if response
         .content_length()
         .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
@@ -125,6 +143,16 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_encoded_first() {
+        use base64::Engine;
+        let expected = base64::engine::general_purpose::STANDARD.encode("gate+way:s%3Ae%2Fcret");
+        assert_eq!(
+            basic_credentials("gate way", "s:e/cret"),
+            format!("Basic {expected}")
+        );
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

@@ -9,6 +9,7 @@ use super::claims::{ClaimMap, ClaimPath};
 use super::introspect::{Endpoint, Introspector};
 use super::keys::{KeySource, KeyStore};
 use super::Authenticator;
+use crate::config::secret::{client_secret, read_secret};
 use crate::config::{
     IntrospectionConf, IntrospectionMode, Invalid, IssuerConf, KeyPath, ServiceTokens,
     TokenTypeConf,
@@ -310,23 +311,12 @@ fn introspector(
     if conf.client_id.is_empty() {
         return Err(err("client_id", "must not be empty"));
     }
-    let secret = match read_secret(
+    let secret = client_secret(
         conf.client_secret_file.as_deref(),
         conf.client_secret_env.as_deref(),
         at,
-        ("client_secret_file", "client_secret_env"),
         cx.relative,
-    )? {
-        None => {
-            return Err(err(
-                "client_secret_file",
-                "the gateway authenticates to the endpoint: set client_secret_file or \
-                 client_secret_env",
-            ))
-        }
-        Some((key, secret)) => String::from_utf8(secret)
-            .map_err(|_| Invalid::new(key, "the client secret is not UTF-8"))?,
-    };
+    )?;
     for (field, value) in [("timeout", conf.timeout), ("retry_after", conf.retry_after)] {
         if value.is_zero() {
             return Err(err(field, "must be more than 0s"));
@@ -369,44 +359,6 @@ fn introspector(
             endpoint,
         ))
     }))
-}
-
-/// A secret kept out of the config file, from a file (a trailing newline dropped) or an
-/// environment variable; with the key it was read through.
-fn read_secret(
-    file: Option<&Path>,
-    env: Option<&str>,
-    at: &KeyPath,
-    (file_field, env_field): (&str, &str),
-    relative: &dyn Fn(&Path) -> PathBuf,
-) -> Result<Option<(KeyPath, Vec<u8>)>, Invalid> {
-    let (file_key, env_key) = (at.key(file_field), at.key(env_field));
-    match (file, env) {
-        (Some(_), Some(_)) => {
-            let message = format!("set {file_field} or {env_field}, not both");
-            Err(Invalid::new(env_key, message))
-        }
-        (None, None) => Ok(None),
-        (Some(file), None) => {
-            let path = relative(file);
-            match std::fs::read(&path) {
-                Ok(secret) => Ok(Some((file_key, trim_newline(&secret).to_vec()))),
-                Err(e) => Err(Invalid::new(file_key, format!("{}: {e}", path.display()))),
-            }
-        }
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(secret) => Ok(Some((env_key, secret.into_bytes()))),
-            Err(_) => Err(Invalid::new(
-                env_key,
-                format!("environment variable {var} is not set"),
-            )),
-        },
-    }
-}
-
-fn trim_newline(secret: &[u8]) -> &[u8] {
-    let secret = secret.strip_suffix(b"\n").unwrap_or(secret);
-    secret.strip_suffix(b"\r").unwrap_or(secret)
 }
 
 fn hmac_key(secret: &[u8]) -> Result<DecodingKey, &'static str> {

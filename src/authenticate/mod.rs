@@ -6,7 +6,7 @@
 
 mod cache;
 mod claims;
-mod fetch;
+pub mod fetch;
 pub(crate) mod introspect;
 mod issuer;
 pub(crate) mod jwt;

@@ -11,9 +11,12 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+mod credentials;
+pub mod secret;
 mod source;
 mod tracing;
 
+pub use credentials::{CredentialGrant, CredentialsConf};
 pub use source::{load, ConfigError, Invalid, KeyPath, Source};
 pub use tracing::TracingConf;
 
@@ -1114,6 +1117,9 @@ pub struct UpstreamConf {
     /// Most requests in flight to this upstream at once; beyond it, 503 at once (counted in
     /// `portcullis_upstream_overflow_total`). WebSockets are not counted. Default: no cap.
     pub max_requests: Option<usize>,
+    /// `[upstreams.NAME.credentials]`: the upstream gets a token of the gateway's own in
+    /// `Authorization`, in place of the caller's.
+    pub credentials: Option<CredentialsConf>,
 }
 
 /// `[dns]`. A target given as `host:port` stands for every address of the host. Names are

@@ -70,6 +70,8 @@ pub struct Pass {
     affinity: Option<String>,
     websocket: bool,
     body: BodyPolicy,
+    /// The upstream's own token, in place of the caller's `Authorization`.
+    authorization: Option<HeaderValue>,
 }
 
 impl Pass {
@@ -110,6 +112,11 @@ impl Pass {
     /// What request bodies the route takes.
     pub fn body(&self) -> BodyPolicy {
         self.body
+    }
+
+    /// The `Authorization` the upstream requires, obtained by the gateway.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
     }
 }
 
@@ -258,10 +265,12 @@ async fn decide<'s>(
         }
     }
 
-    // 6. Hand over to the upstream, or answer directly.
+    // 6. Hand over to the upstream, with its own credentials where it requires them, or
+    // answer directly.
     Ok(match &route.action {
         Action::Respond(reply) => Decision::Respond(reply),
         Action::Forward(upstream) => Decision::Forward(Pass {
+            authorization: credentials(req, snap, route, *upstream, principal).await?,
             route: id,
             upstream: *upstream,
             identity,
@@ -279,6 +288,30 @@ async fn decide<'s>(
             body: route.body,
         }),
     })
+}
+
+/// The token the upstream requires, when it requires one: the gateway's own, or the caller's
+/// exchanged. Not subject to shadow mode: without it the upstream would refuse anyway.
+async fn credentials(
+    req: &RequestHeader,
+    snap: &Snapshot,
+    route: &Route,
+    upstream: UpstreamId,
+    principal: Option<&Principal>,
+) -> Result<Option<HeaderValue>, Rejection> {
+    let Some(credentials) = &snap.upstreams[upstream].credentials else {
+        return Ok(None);
+    };
+    let caller = principal
+        .and_then(|_| token_of(req, route, snap).ok())
+        .map(|l| l.token);
+    let span = trace::child("upstream_credentials");
+    let obtained = credentials.authorization(caller.as_deref()).await;
+    span.set("portcullis.credentials.grant", credentials.grant().as_str());
+    if let Err(e) = &obtained {
+        span.fail(format!("{e:?}"));
+    }
+    obtained.map(Some).map_err(Rejection::UpstreamCredentials)
 }
 
 /// The request head is within `[server]`'s limits: 414 for a long target, 431 for too many

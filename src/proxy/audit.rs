@@ -14,6 +14,7 @@ use crate::clock;
 use crate::logs::{AccessRecord, AuditRecord};
 use crate::rate_limit::RateLimiter;
 use crate::respond::Rejection;
+use crate::upstream::CredentialError;
 
 /// Why a request was refused, as the audit log and metrics say it. With the rate limiter,
 /// a rate-limited request names its tier.
@@ -33,6 +34,12 @@ pub fn reason(rejection: &Rejection, limiter: Option<&RateLimiter>) -> Cow<'stat
         Rejection::Undecided { .. } => Cow::Borrowed("introspection_unavailable"),
         Rejection::External(_) => Cow::Borrowed("ext_authz_denied"),
         Rejection::CorsRefused(_) => Cow::Borrowed("cors_refused"),
+        Rejection::UpstreamCredentials(CredentialError::Refused) => {
+            Cow::Borrowed("token_exchange_refused")
+        }
+        Rejection::UpstreamCredentials(CredentialError::Unavailable { .. }) => {
+            Cow::Borrowed("upstream_credentials_unavailable")
+        }
     }
 }
 

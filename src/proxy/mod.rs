@@ -84,6 +84,9 @@ fn prepare_upstream_request(
         req.insert_header(name.clone(), value.clone())?;
     }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
+    if let Some(authorization) = forwarding.pass.authorization() {
+        req.insert_header(http::header::AUTHORIZATION, authorization.clone())?;
+    }
     req.insert_header(request_id::HEADER, request_id.clone())?;
     // A token read from the query is not passed on.
     let route = forwarding.route(snap);

@@ -187,6 +187,9 @@ pub struct UpstreamFacts {
     pub path: Option<String>,
     /// The identity headers set on the request, by name.
     pub identity_headers: std::collections::BTreeMap<String, String>,
+    /// How the upstream's own token, which replaces the caller's, is obtained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<&'static str>,
 }
 
 fn decision(outcome: &'static str, status: u16, reason: impl Into<String>) -> Decision {
@@ -435,12 +438,17 @@ impl Snapshot {
                             .map_or(path.clone(), |r| r.apply(&path)),
                     ),
                     identity_headers,
+                    credentials: self.upstreams[*u]
+                        .credentials
+                        .as_ref()
+                        .map(|c| c.grant().as_str()),
                 },
                 Action::Respond(reply) => UpstreamFacts {
                     name: None,
                     respond: Some(reply.status),
                     path: None,
                     identity_headers,
+                    credentials: None,
                 },
             });
         }
@@ -546,6 +554,11 @@ impl Explanation {
             }
             for (n, v) in &u.identity_headers {
                 line(format!("  header:  {n}: {v}"));
+            }
+            if let Some(grant) = u.credentials {
+                line(format!(
+                    "  header:  authorization: the upstream's own token ({grant}), not the caller's"
+                ));
             }
         }
         s

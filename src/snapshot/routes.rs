@@ -7,13 +7,15 @@ use http::HeaderValue;
 use crate::authenticate::{Authenticator, IssuerId};
 use crate::authorize::external::ExtAuthz;
 use crate::authorize::{Policy, Rule, RuleContext};
-use crate::config::{Access, CallerKind, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource};
+use crate::config::{
+    Access, CallerKind, CredentialGrant, Invalid, KeyPath, RouteCallers, RouteConf, TokenSource,
+};
 use crate::cors::Cors;
 use crate::rate_limit::{GroupId, Groups};
 use crate::respond::Reply;
 use crate::rewrite::{HeaderEdits, Rewrite};
 use crate::route::{self, MethodSet, PathKind, Router};
-use crate::upstream::{UpstreamId, Upstreams};
+use crate::upstream::{Upstream, UpstreamId, Upstreams};
 
 /// What a matched route does with an admitted request.
 #[derive(Debug)]
@@ -136,6 +138,13 @@ impl Route {
 
         let action = match (&r.upstream, &r.respond) {
             (Some(name), None) => match names.upstreams.find(name) {
+                Some(id) if r.access == Access::Public && exchanges(&names.upstreams[id]) => {
+                    let m = format!(
+                        "upstream {name:?} exchanges the caller's token: the route must be \
+                         authenticated"
+                    );
+                    return Err(err("access", &m));
+                }
                 Some(id) => Action::Forward(id),
                 None => {
                     let known: Vec<&str> = names.upstreams.names().collect();
@@ -351,4 +360,12 @@ impl Route {
             cors,
         })
     }
+}
+
+/// Whether an upstream's credentials are the caller's token exchanged.
+fn exchanges(upstream: &Upstream) -> bool {
+    upstream
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.grant() == CredentialGrant::TokenExchange)
 }

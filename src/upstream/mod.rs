@@ -2,6 +2,7 @@
 
 mod attempts;
 pub mod breaker;
+pub mod credentials;
 pub mod dns;
 pub mod health;
 pub mod retry;
@@ -9,6 +10,7 @@ mod window;
 
 pub use attempts::{Attempts, NoPeer};
 pub use breaker::{CircuitState, InFlightGuard};
+pub use credentials::{CredentialError, Credentials};
 pub use retry::RetryReason;
 
 use std::net::SocketAddr;
@@ -126,6 +128,8 @@ pub struct Upstream {
     breakers: Vec<breaker::Breaker>,
     in_flight: breaker::InFlight,
     max_requests: Option<usize>,
+    /// The upstream's own token, in place of the caller's.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl Upstream {
@@ -251,6 +255,12 @@ impl Upstream {
         if conf.max_requests == Some(0) {
             return Err(error("max_requests", "must be at least 1".into()));
         }
+        let credentials = conf
+            .credentials
+            .as_ref()
+            .map(|c| Credentials::compile(name, c, &at.key("credentials"), &relative))
+            .transpose()?
+            .map(Arc::new);
         Ok(Self {
             name: name.into(),
             schedule: smooth_weighted_schedule(&weights),
@@ -274,6 +284,7 @@ impl Upstream {
             breakers,
             in_flight: breaker::InFlight::default(),
             max_requests: conf.max_requests,
+            credentials,
         })
     }
 
@@ -290,6 +301,11 @@ impl Upstream {
             }
         }
         self.in_flight = previous.in_flight.clone();
+        if let (Some(now), Some(before)) = (&self.credentials, &previous.credentials) {
+            if now.same_as(before) {
+                self.credentials = Some(Arc::clone(before));
+            }
+        }
     }
 
     /// A place among the upstream's requests in flight; `None` when `max_requests` are.

@@ -2,8 +2,14 @@
 // Issues RFC 9068 JWT access tokens (typ at+jwt) by client_credentials for resource indicators,
 // and opaque (reference) access tokens for https://opaque.portcullis.test, which resource
 // servers check by introspection (RFC 7662) and clients revoke (RFC 7009).
-// GET /test/introspections answers how many introspection requests it served.
-import Provider from 'oidc-provider';
+// https://short.portcullis.test gets JWT access tokens that live 4 s, for renewal tests.
+// Token exchange (RFC 8693) is not built into oidc-provider: it is registered below as a custom
+// grant, which exchanges a valid JWT access token of this provider for one for another
+// resource, with the caller's `sub` and the exchanging client in `act`.
+// GET /test/introspections and GET /test/exchanges answer how many requests each served;
+// POST /test/token-endpoint/fail and /recover make the token endpoint answer 503 or not.
+import Provider, { errors } from 'oidc-provider';
+import { createRemoteJWKSet, jwtVerify } from 'jose';
 
 const port = Number(process.argv[2] ?? 0);
 const issuer = `http://127.0.0.1:${port}`;
@@ -12,7 +18,21 @@ const resources = {
   'https://api.portcullis.test': { scope: 'agents:read reports:read', audience: 'https://api.portcullis.test' },
   'https://other.portcullis.test': { scope: 'agents:read', audience: 'https://other.portcullis.test' },
   'https://opaque.portcullis.test': { scope: 'agents:read reports:read', audience: 'https://opaque.portcullis.test', format: 'opaque' },
+  'https://short.portcullis.test': { scope: 'agents:read', audience: 'https://short.portcullis.test', ttl: 4 },
 };
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
+
+function resourceServer(resource) {
+  const info = resources[resource];
+  if (!info) throw new errors.InvalidTarget(`unknown resource ${resource}`);
+  const { format = 'jwt', ttl = 300, ...server } = info;
+  return { ...server, accessTokenFormat: format, accessTokenTTL: ttl, jwt: { sign: { alg: 'RS256' } } };
+}
+
+// Exchanged tokens, with the subject they act for.
+const exchanged = new WeakMap();
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -26,7 +46,7 @@ const provider = new Provider(issuer, {
     // The gateway, as an introspecting resource server, once per client authentication method.
     client_id: 'portcullis-gateway',
     client_secret: 'portcullis-gateway-secret-0123456789',
-    grant_types: ['client_credentials'],
+    grant_types: ['client_credentials', TOKEN_EXCHANGE],
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_basic',
@@ -47,22 +67,73 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => 'https://api.portcullis.test',
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource) => {
-        const info = resources[resource];
-        if (!info) throw new Error(`unknown resource ${resource}`);
-        const { format = 'jwt', ...server } = info;
-        return { ...server, accessTokenFormat: format, accessTokenTTL: 300, jwt: { sign: { alg: 'RS256' } } };
-      },
+      getResourceServerInfo: (ctx, resource) => resourceServer(resource),
     },
   },
   // Keycloak-shaped roles, so the same route policies apply.
-  extraTokenClaims: () => ({ realm_access: { roles: ['agent'] } }),
+  extraTokenClaims: (ctx, token) => ({ realm_access: { roles: ['agent'] }, ...exchanged.get(token) }),
+  formats: {
+    customizers: {
+      // An exchanged token is about the caller's subject, not the exchanging client.
+      jwt: (ctx, token, jwt) => {
+        if (jwt.payload.exchanged_sub) {
+          jwt.payload.sub = jwt.payload.exchanged_sub;
+          delete jwt.payload.exchanged_sub;
+        }
+      },
+    },
+  },
 });
 
+const ownKeys = createRemoteJWKSet(new URL(`${issuer}/jwks`));
+let exchanges = 0;
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  exchanges += 1;
+  const { client, params } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(params.subject_token, ownKeys, { issuer, typ: 'at+jwt' }));
+  } catch (e) {
+    throw new errors.InvalidGrant(`subject_token: ${e.code ?? e.message}`);
+  }
+  const target = params.resource ?? params.audience;
+  const server = resourceServer(target);
+  const scope = (params.scope ?? server.scope).split(' ').filter((s) => server.scope.split(' ').includes(s)).join(' ');
+  const token = new provider.ClientCredentials({ client, scope: scope || undefined });
+  token.resourceServer = new provider.ResourceServer(target, server);
+  exchanged.set(token, { exchanged_sub: subject.sub, act: { sub: client.clientId } });
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'], ['resource']);
+
 let introspections = 0;
+let tokenEndpointDown = false;
 provider.use(async (ctx, next) => {
   if (ctx.path === '/test/introspections') {
     ctx.body = { count: introspections };
+    return;
+  }
+  if (ctx.path === '/test/exchanges') {
+    ctx.body = { count: exchanges };
+    return;
+  }
+  if (ctx.path === '/test/token-endpoint/fail' || ctx.path === '/test/token-endpoint/recover') {
+    tokenEndpointDown = ctx.path.endsWith('/fail');
+    ctx.body = { down: tokenEndpointDown };
+    return;
+  }
+  if (ctx.path === '/token' && tokenEndpointDown) {
+    ctx.status = 503;
+    ctx.body = { error: 'temporarily_unavailable' };
     return;
   }
   if (ctx.path === '/token/introspection') introspections += 1;
