@@ -7,7 +7,8 @@
 //!   [`trace`] (request spans);
 //! * domain modules, each compiling its own config table: [`route`], [`authenticate`],
 //!   [`authorize`], [`rate_limit`], [`identity`], [`upstream`], [`tls`], [`websocket`],
-//!   [`respond`], [`client_ip`], [`request_id`], [`cors`];
+//!   [`respond`], [`client_ip`], [`request_id`], [`cors`], [`token_service`] (the gateway's
+//!   own anonymous session tokens);
 //! * [`snapshot`]: the compiled config, composing the domain modules;
 //! * [`proxy`]: the request path over a snapshot;
 //! * [`runtime`]: reload, key refresh, health checks, evictions, the admin listener and the
@@ -38,6 +39,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod tls;
 pub mod token;
+pub(crate) mod token_service;
 pub mod trace;
 pub(crate) mod upstream;
 pub mod websocket;

@@ -22,6 +22,7 @@ use portcullis::runtime::health_check::HealthChecker;
 use portcullis::runtime::key_refresh::KeyRefresher;
 use portcullis::runtime::lifecycle::{Exit, Lifecycle, Ready, Signals};
 use portcullis::runtime::reload::{catch_sighup, Reloader};
+use portcullis::runtime::revocations::Revocations;
 use portcullis::runtime::trace_export::TraceExporter;
 use portcullis::snapshot::explain::{Credential, QuestionText};
 use portcullis::snapshot::Snapshot;
@@ -430,6 +431,7 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
 
     let websockets = Arc::new(Registry::default());
     let eviction = Eviction::new(websockets.clone(), shared.clone());
+    let revocations = Revocations::new(shared.clone(), eviction.clone());
     let mut gateway = pingora_proxy::HttpProxy::new(
         Gateway::new(shared.clone(), websockets.clone()),
         server.configuration.clone(),
@@ -476,7 +478,12 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     if let Some(addr) = settings.admin_listen {
         let mut admin = Service::new(
             "admin".into(),
-            Admin::new(shared.clone(), lifecycle.clone(), eviction.clone()),
+            Admin::new(
+                shared.clone(),
+                lifecycle.clone(),
+                eviction.clone(),
+                revocations.clone(),
+            ),
         );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
@@ -488,6 +495,7 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     ));
     server.add_service(background_service("ready", Ready::new(listeners)));
     server.add_service(background_service("websocket evictions", eviction));
+    server.add_service(background_service("session revocations", revocations));
     server.add_service(background_service(
         "exit",
         Exit::new(shared.clone(), websockets),

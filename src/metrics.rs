@@ -404,6 +404,30 @@ static UPSTREAM_CREDENTIAL_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     )
 });
 
+static TOKENS_ISSUED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "token_service_requests_total",
+        "Requests for anonymous session tokens, by outcome: issued, or why not.",
+        &["outcome"],
+    )
+});
+
+static CAPTCHA_VERIFICATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "captcha_verifications_total",
+        "Captcha verifications by the token service, by result.",
+        &["result"],
+    )
+});
+
+static SESSION_REVOCATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "session_revocations_total",
+        "Revocations of anonymous sessions or tokens taken in, by origin (admin, redis).",
+        &["origin"],
+    )
+});
+
 static INTROSPECTION_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "introspection_calls_total",
@@ -455,6 +479,21 @@ pub fn upstream_credentials(upstream: &str, grant: &str, result: &str, took: Dur
     UPSTREAM_CREDENTIAL_DURATION
         .with_label_values(&[upstream])
         .observe(took.as_secs_f64());
+}
+
+/// One request to the token service's endpoint: `issued`, or why not.
+pub fn token_issued(outcome: &str) {
+    TOKENS_ISSUED.with_label_values(&[outcome]).inc();
+}
+
+/// One captcha verification: `human`, `not_human` or `error`.
+pub fn captcha_verification(result: &str) {
+    CAPTCHA_VERIFICATIONS.with_label_values(&[result]).inc();
+}
+
+/// One revocation taken in, from the admin API (`admin`) or another instance (`redis`).
+pub fn session_revocation(origin: &str) {
+    SESSION_REVOCATIONS.with_label_values(&[origin]).inc();
 }
 
 pub fn introspection_duration(issuer: &str, took: Duration) {

@@ -408,6 +408,71 @@ impl BodyRefusal {
     }
 }
 
+/// The token service's answers (RFC 6749 §5.1 and §5.2 in shape).
+pub mod token_service {
+    use super::*;
+    use crate::token_service::{IssueError, Issued};
+
+    const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+    pub fn issued(issued: &Issued) -> Reply {
+        let body = serde_json::json!({
+            "access_token": issued.access_token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_in,
+        });
+        let mut reply = Reply::new(200, JSON, Bytes::from(body.to_string()));
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+            .headers
+            .push((http::header::PRAGMA, HeaderValue::from_static("no-cache")));
+        reply
+    }
+
+    pub fn refused(e: IssueError) -> Reply {
+        let limited = |retry_after_secs: u64| {
+            let mut reply = json_error(429, "rate_limited", &e.to_string());
+            reply.headers.push((
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
+            ));
+            reply
+        };
+        let mut reply = match e {
+            IssueError::AddressLimited { retry_after_secs }
+            | IssueError::NetworkLimited { retry_after_secs } => limited(retry_after_secs),
+            IssueError::LimiterUnavailable { retry_after_secs } => {
+                unavailable(&e.to_string(), retry_after_secs)
+            }
+            IssueError::CaptchaMissing => json_error(400, "captcha_required", &e.to_string()),
+            IssueError::CaptchaFailed => json_error(403, "captcha_failed", &e.to_string()),
+            IssueError::CaptchaUnavailable => unavailable(&e.to_string(), 5),
+            IssueError::Signing => json_error(500, "server_error", &e.to_string()),
+        };
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+    }
+
+    /// A public document (the key set, the discovery document), cacheable for five minutes.
+    pub fn document(body: &Bytes) -> Reply {
+        let mut reply = Reply::new(200, JSON, body.clone());
+        reply.headers.push((
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        ));
+        reply
+    }
+
+    /// The endpoint exists, but not for this method.
+    pub fn wrong_method(allow: &'static str) -> Reply {
+        let mut reply = json_error(405, "method_not_allowed", &format!("use {allow}"));
+        reply
+            .headers
+            .push((http::header::ALLOW, HeaderValue::from_static(allow)));
+        reply
+    }
+}
+
 fn unavailable(description: &str, retry_after_secs: u64) -> Reply {
     let mut reply = json_error(503, "temporarily_unavailable", description);
     reply.headers.push((

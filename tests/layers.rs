@@ -28,6 +28,7 @@ const LAYERS: &[&[&str]] = &[
         "websocket",
         "respond",
         "client_ip",
+        "token_service",
     ],
     &["snapshot"],
     &["proxy", "fuzz", "import"],

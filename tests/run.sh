@@ -18,6 +18,7 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing+=(python3-websockets)  # deflate WebSocket peers
 /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1 || missing+=(python3-jsonschema)  # checks configs against the schema
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)  # gRPC client and server
+/usr/bin/python3 -c 'import jwt, cryptography' >/dev/null 2>&1 || missing+=(python3-jwt python3-cryptography)  # an independent JWT verifier
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)  # the OTLP receiver's packages
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)    # browser tests (CORS)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load

@@ -297,6 +297,39 @@ impl Issuer {
     }
 }
 
+impl Issuer {
+    /// The gateway itself as an issuer (`[token_service]`): its tokens carry `typ: at+jwt`, are
+    /// signed with `algorithm` by the key whose public half is `jwks`, and have users' claims.
+    pub fn own(
+        name: &str,
+        iss: &str,
+        audiences: &[String],
+        algorithm: Algorithm,
+        jwks: &[u8],
+    ) -> Result<Issuer, String> {
+        let defaults = crate::config::ClaimsConf::default();
+        Ok(Issuer {
+            name: name.into(),
+            iss: iss.into(),
+            audiences: audiences.iter().map(|a| a.as_str().into()).collect(),
+            algorithms: vec![algorithm],
+            // Its own clock: a little leeway for other instances' clocks only.
+            leeway_secs: 5,
+            allow_non_expiring: false,
+            keys: Arc::new(KeyStore::from_document(jwks)?),
+            hmac: None,
+            claims: ClaimMap::compile(&defaults)?,
+            service_tokens: ServiceTokenRule::None,
+            require_bound_tokens: false,
+            introspection: None,
+            token_type: Some(TokenType {
+                header: vec!["at+jwt".into()],
+                claim: None,
+            }),
+        })
+    }
+}
+
 /// `[issuers.NAME.introspection]` (at `at`); the running config's introspector is kept, with
 /// what it remembers, when nothing about it changed.
 fn introspector(

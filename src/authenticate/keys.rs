@@ -208,7 +208,12 @@ impl KeyStore {
     /// A store for a local file, loaded now.
     pub fn from_file(path: &Path) -> Result<KeyStore, String> {
         let document = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let set = KeySet::parse(&document).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_document(&document).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// A store holding the keys of a JWKS document, never fetched.
+    pub fn from_document(document: &[u8]) -> Result<KeyStore, String> {
+        let set = KeySet::parse(document).map_err(|e| e.to_string())?;
         let store = Self::remote(KeySource::File, KeyRefreshConf::default());
         store.install(set);
         store

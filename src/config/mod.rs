@@ -14,10 +14,12 @@ use serde::Deserialize;
 mod credentials;
 pub mod secret;
 mod source;
+mod token_service;
 mod tracing;
 
 pub use credentials::{CredentialGrant, CredentialsConf};
 pub use source::{load, ConfigError, Invalid, KeyPath, Source};
+pub use token_service::{CaptchaConf, IssuanceConf, SigningAlgorithm, TokenServiceConf};
 pub use tracing::TracingConf;
 
 /// The JSON Schema of the config file, from the structs below and their doc comments: for
@@ -72,6 +74,8 @@ pub struct Config {
     pub token_cache: TokenCacheConf,
     /// `[tracing]`: OpenTelemetry spans per request, exported over OTLP.
     pub tracing: Option<TracingConf>,
+    /// `[token_service]`: anonymous session tokens issued by the gateway.
+    pub token_service: Option<TokenServiceConf>,
 }
 
 /// `[token_cache]`: a token is verified once (signature, issuer, audience, claims) and then

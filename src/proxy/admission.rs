@@ -23,6 +23,7 @@ use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
 use crate::snapshot::{Action, BodyPolicy, Route, ServerSettings, Snapshot};
 use crate::tls::ClientCert;
+use crate::token_service;
 use crate::trace;
 use crate::upstream::UpstreamId;
 use crate::websocket::handshake;
@@ -127,6 +128,8 @@ pub enum Decision<'s> {
     Respond(&'s Reply),
     /// A CORS preflight the route allows: 204 with these headers.
     Preflight(Vec<(HeaderName, HeaderValue)>),
+    /// A request for the gateway's own token service.
+    TokenService(token_service::Endpoint),
 }
 
 /// The outcome of admission.
@@ -159,6 +162,10 @@ async fn decide<'s>(
     // A CORS preflight is routed as the request it asks about, and answered here: browsers
     // send it without credentials.
     let path = route::normalize(req.uri.path()).map_err(Rejection::BadPath)?;
+    // The token service's paths come before every route.
+    if let Some(endpoint) = snap.token_service.as_ref().and_then(|t| t.endpoint(&path)) {
+        return Ok(Decision::TokenService(endpoint));
+    }
     if let Some(method) = cors::preflight_method(req) {
         let id = snap.router.find_id(host_of(req), &path, &method);
         if let Some((id, cors)) = id.and_then(|id| Some((id, snap.router[id].cors.as_ref()?))) {
@@ -418,6 +425,12 @@ async fn authenticate(
             client.cert.map(|c| c.sha256.as_slice()),
         )
         .await;
+    // A revoked session of the gateway's own tokens is refused, whether its token was just
+    // verified or remembered.
+    let principal = principal.and_then(|p| match &snap.token_service {
+        Some(service) if service.is_revoked(&p) => Err(AuthError::Inactive),
+        _ => Ok(p),
+    });
     metrics::authentication(principal.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
     principal.map_err(Rejection::from)
 }

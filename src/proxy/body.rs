@@ -51,6 +51,36 @@ pub async fn admit(
         .unwrap_or(Err(BodyRefusal::TooSlow))
 }
 
+/// Reads a small body whole, for a request the gateway answers itself.
+pub async fn read_whole(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyRefusal> {
+    if declared_length(session)?.is_some_and(|n| n > limit as u64) {
+        return Err(BodyRefusal::TooLarge);
+    }
+    let read = async {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > limit => {
+                    return Err(BodyRefusal::TooLarge)
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    log::debug!("request body refused: {e}");
+                    return Err(BodyRefusal::Malformed);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyRefusal::TooSlow))
+}
+
 /// The body's `Content-Length`, if it has one; Pingora refused a malformed one already.
 fn declared_length(session: &Session) -> Result<Option<u64>, BodyRefusal> {
     match session

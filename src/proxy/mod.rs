@@ -9,6 +9,7 @@ mod context;
 mod failure;
 mod resend;
 mod spans;
+mod token_endpoint;
 mod upgrade;
 
 use std::sync::Arc;
@@ -184,6 +185,10 @@ impl ProxyHttp for Gateway {
                     body: Bytes::new(),
                     trailers: Vec::new(),
                 };
+                respond(session, ctx, reply).await
+            }
+            Ok(Decision::TokenService(endpoint)) => {
+                let reply = token_endpoint::answer(session, ctx, endpoint).await;
                 respond(session, ctx, reply).await
             }
             Err(rejection) => respond(session, ctx, snap.responses.reply(rejection)).await,

@@ -173,6 +173,23 @@ impl Verdict {
     }
 }
 
+/// A limit on something other than requests to routes (see [`RateLimiter::quota`]).
+#[derive(Debug)]
+pub struct Quota {
+    name: Arc<str>,
+    set: LimitSet,
+    backend: LimitBackend,
+    on_redis_error: FailMode,
+}
+
+/// What counting one use of a [`Quota`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    pub allowed: bool,
+    /// When refused: seconds until one more use would be allowed.
+    pub retry_after_secs: u64,
+}
+
 /// The limit store did not answer and the tier fails closed: a 503.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreUnavailable {
@@ -364,50 +381,20 @@ impl RateLimiter {
             return Ok(None);
         }
         let consumer = tier.consumer(caller);
-        let hasher = self.local.hasher();
-        let shard_key = hasher.hash_one((&*tier.name, &*consumer));
-        let keys: Vec<u64> = set
-            .scopes
-            .iter()
-            .zip(&set.limits)
-            .map(|(scope, l)| hasher.hash_one((shard_key, scope, l.period)))
-            .collect();
-        let now = now_us();
-        let local = || self.local.decide(shard_key, &keys, &set.limits, now);
-        let outcome = match (&self.redis, tier.backend) {
-            (Some(redis), LimitBackend::Redis) => {
-                let redis_keys: Vec<String> = set
-                    .scopes
-                    .iter()
-                    .zip(&set.limits)
-                    .map(|(scope, l)| {
-                        let prefix = &redis.conf().key_prefix;
-                        format!("{prefix}{{{}:{consumer}}}:{scope}:{}", tier.name, l.period)
-                    })
-                    .collect();
-                let denial_key = hasher.hash_one((shard_key, group));
-                // Boxed: the Redis call's state is large, and local tiers should not carry it.
-                let decided = Box::pin(redis.decide(denial_key, &redis_keys, &set.limits, now));
-                match decided.await {
-                    Ok(outcome) => Some(outcome),
-                    Err(_) => match tier.on_redis_error {
-                        FailMode::FailOpen => {
-                            metrics::rate_limit_fallbacks("fail_open").inc();
-                            local()
-                        }
-                        FailMode::FailClosed => {
-                            metrics::rate_limit_fallbacks("fail_closed").inc();
-                            tier.unavailable.inc();
-                            let retry = redis.conf().retry_interval.as_secs().max(1);
-                            return Err(StoreUnavailable {
-                                retry_after_secs: retry,
-                            });
-                        }
-                    },
-                }
-            }
-            _ => local(),
-        };
+        let counted = self
+            .count(
+                &tier.name,
+                set,
+                &consumer,
+                group,
+                tier.backend,
+                tier.on_redis_error,
+            )
+            .await;
+        if counted.is_err() {
+            tier.unavailable.inc();
+        }
+        let outcome = counted?;
         let Some(outcome) = outcome else {
             return Ok(None);
         };
@@ -427,6 +414,111 @@ impl RateLimiter {
             group,
             outcome,
         }))
+    }
+
+    /// Counts one request of `consumer` against `set`, in the store `backend` names. `name`
+    /// (a tier's, or a quota's) keeps its counters apart from everyone else's.
+    async fn count(
+        &self,
+        name: &str,
+        set: &LimitSet,
+        consumer: &str,
+        group: Option<GroupId>,
+        backend: LimitBackend,
+        on_redis_error: FailMode,
+    ) -> Result<Option<gcra::Combined>, StoreUnavailable> {
+        let hasher = self.local.hasher();
+        let shard_key = hasher.hash_one((name, consumer));
+        let keys: Vec<u64> = set
+            .scopes
+            .iter()
+            .zip(&set.limits)
+            .map(|(scope, l)| hasher.hash_one((shard_key, scope, l.period)))
+            .collect();
+        let now = now_us();
+        let local = || self.local.decide(shard_key, &keys, &set.limits, now);
+        let (Some(redis), LimitBackend::Redis) = (&self.redis, backend) else {
+            return Ok(local());
+        };
+        let prefix = &redis.conf().key_prefix;
+        let redis_keys: Vec<String> = set
+            .scopes
+            .iter()
+            .zip(&set.limits)
+            .map(|(scope, l)| format!("{prefix}{{{name}:{consumer}}}:{scope}:{}", l.period))
+            .collect();
+        let denial_key = hasher.hash_one((shard_key, group));
+        // Boxed: the Redis call's state is large, and local tiers should not carry it.
+        let decided = Box::pin(redis.decide(denial_key, &redis_keys, &set.limits, now));
+        match decided.await {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(_) => match on_redis_error {
+                FailMode::FailOpen => {
+                    metrics::rate_limit_fallbacks("fail_open").inc();
+                    Ok(local())
+                }
+                FailMode::FailClosed => {
+                    metrics::rate_limit_fallbacks("fail_closed").inc();
+                    let retry = redis.conf().retry_interval.as_secs().max(1);
+                    Err(StoreUnavailable {
+                        retry_after_secs: retry,
+                    })
+                }
+            },
+        }
+    }
+
+    /// A quota on something other than requests to routes, counted in the same stores as the
+    /// tiers: `limits` as a tier's, `at` where they are configured. It counts under `@name`,
+    /// and no tier name can hold an `@`, so a quota and a tier never share a counter.
+    pub fn quota(
+        &self,
+        name: &str,
+        limits: &[String],
+        backend: LimitBackend,
+        on_redis_error: FailMode,
+        at: &KeyPath,
+    ) -> Result<Quota, Invalid> {
+        if backend == LimitBackend::Redis && self.redis.is_none() {
+            return Err(Invalid::new(
+                at.key("backend"),
+                "backend = \"redis\" needs a [rate_limit.redis] table",
+            ));
+        }
+        let parsed = parse_limits(limits).map_err(|e| Invalid::new(at.clone(), e))?;
+        let set =
+            limit_set(name, &parsed, None, &[]).map_err(|(_, m)| Invalid::new(at.clone(), m))?;
+        Ok(Quota {
+            name: format!("@{name}").into(),
+            set,
+            backend,
+            on_redis_error,
+        })
+    }
+
+    /// Counts one use of `quota` by `consumer`.
+    pub async fn take(&self, quota: &Quota, consumer: &str) -> Result<Taken, StoreUnavailable> {
+        let set = &quota.set;
+        let counted = self
+            .count(
+                &quota.name,
+                set,
+                consumer,
+                None,
+                quota.backend,
+                quota.on_redis_error,
+            )
+            .await?;
+        Ok(match counted {
+            None => Taken {
+                allowed: true,
+                retry_after_secs: 0,
+            },
+            Some(c) => Taken {
+                allowed: c.allowed,
+                retry_after_secs: c.check.retry_after.div_ceil(1_000_000).max(1),
+            },
+        })
     }
 
     /// Which tier and consumer a caller counts against on a route of `group`, without

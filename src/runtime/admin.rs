@@ -9,6 +9,9 @@
 //! * `GET /websockets`: how many WebSockets are open.
 //! * `POST /websockets/evict` with `{"subject": "…"}`: ends that subject's WebSockets (Close
 //!   4003) here and, when Redis is configured, on every other instance.
+//! * `POST /sessions/revoke` with `{"jti": "…"}` or `{"sub": "…"}`: refuses that token, or
+//!   every token of that anonymous session (`[token_service]`), here and, when Redis is
+//!   configured, on every other instance; a session's WebSockets are closed (4003).
 //! * `POST /explain` with `{"method", "url", "headers": ["Name: value"], "token" | "claims",
 //!   "client_ip"}`: what the running config would do with that request, as JSON.
 
@@ -21,6 +24,7 @@ use pingora_core::protocols::http::ServerSession;
 
 use super::eviction::Eviction;
 use super::lifecycle::Lifecycle;
+use super::revocations::{Revocations, RevokeError};
 use crate::metrics;
 use crate::snapshot::explain::QuestionText;
 use crate::snapshot::SharedSnapshot;
@@ -32,6 +36,7 @@ pub struct Admin {
     config: SharedSnapshot,
     lifecycle: Arc<Lifecycle>,
     eviction: Eviction,
+    revocations: Revocations,
 }
 
 #[derive(serde::Deserialize)]
@@ -45,11 +50,58 @@ fn json(status: StatusCode, body: serde_json::Value) -> (StatusCode, Vec<u8>) {
 }
 
 impl Admin {
-    pub fn new(config: SharedSnapshot, lifecycle: Arc<Lifecycle>, eviction: Eviction) -> Self {
+    pub fn new(
+        config: SharedSnapshot,
+        lifecycle: Arc<Lifecycle>,
+        eviction: Eviction,
+        revocations: Revocations,
+    ) -> Self {
         Self {
             config,
             lifecycle,
             eviction,
+            revocations,
+        }
+    }
+
+    async fn revoke(&self, session: &mut ServerSession) -> (StatusCode, Vec<u8>) {
+        let body = match read_post(session).await {
+            Ok(b) => b,
+            Err(answer) => return answer,
+        };
+        let what = match serde_json::from_slice::<crate::token_service::Revocation>(&body) {
+            Ok(w) => w,
+            Err(e) => {
+                let detail = format!("expected {{\"jti\": \"…\"}} or {{\"sub\": \"…\"}}: {e}");
+                let e = serde_json::json!({"error": "invalid_body", "detail": detail});
+                return json(StatusCode::BAD_REQUEST, e);
+            }
+        };
+        let (kind, value) = (what.kind(), what.value().to_string());
+        match self.revocations.revoke(what).await {
+            Ok(done) => {
+                log::info!(
+                    "session revocation of {kind} {value:?}: {} WebSockets closed here, \
+                     published: {:?}",
+                    done.websockets_closed,
+                    done.published
+                );
+                let body = serde_json::json!({
+                    kind: value,
+                    "websockets_closed": done.websockets_closed,
+                    "published": done.published,
+                });
+                json(StatusCode::OK, body)
+            }
+            Err(e) => {
+                let status = match e {
+                    RevokeError::NoService => StatusCode::NOT_FOUND,
+                    RevokeError::BadValue => StatusCode::BAD_REQUEST,
+                    RevokeError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+                };
+                let e = serde_json::json!({"error": "not_revoked", "detail": e.to_string()});
+                json(status, e)
+            }
         }
     }
 
@@ -185,6 +237,10 @@ impl ServeHttp for Admin {
             }
             "/explain" => {
                 let (status, body) = self.explain(session).await;
+                (status, JSON, body)
+            }
+            "/sessions/revoke" => {
+                let (status, body) = self.revoke(session).await;
                 (status, JSON, body)
             }
             _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),

@@ -1,6 +1,7 @@
 //! The runtime: what drives the compiled config over time. Reload on SIGHUP, key refresh,
-//! health checks, DNS re-resolution, trace export, WebSocket eviction orders, the client connection cap, the admin listener, config metrics, and the
-//! process lifecycle. It sits above the snapshot; nothing below imports it.
+//! health checks, DNS re-resolution, trace export, WebSocket eviction orders, session
+//! revocations, the client connection cap, the admin listener, config metrics, and the process
+//! lifecycle. It sits above the snapshot; nothing below imports it.
 
 pub mod admin;
 pub mod config_metrics;
@@ -11,6 +12,7 @@ pub mod health_check;
 pub mod key_refresh;
 pub mod lifecycle;
 pub mod reload;
+pub mod revocations;
 pub mod trace_export;
 
 use std::time::Duration;

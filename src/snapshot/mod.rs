@@ -22,6 +22,7 @@ use crate::logs::{Destination, Logs};
 use crate::rate_limit::RateLimiter;
 use crate::respond::Responses;
 use crate::route::Router;
+use crate::token_service::{self, TokenService};
 use crate::trace::Tracer;
 use crate::upstream::dns::{Answers, Resolver};
 use crate::upstream::{self, Upstream, Upstreams};
@@ -53,6 +54,8 @@ pub struct Snapshot {
     pub(crate) answers: Answers,
     /// `[tracing]`: which requests are traced, and their spans waiting for export.
     pub tracer: Option<Tracer>,
+    /// `[token_service]`: the gateway's own anonymous session tokens.
+    pub token_service: Option<TokenService>,
     /// The parsed file this snapshot came from, to compile it again with new DNS answers.
     origin: Option<Arc<(Config, Source)>>,
 }
@@ -175,6 +178,20 @@ impl Snapshot {
         let at = root.key("rate_limit");
         let mut rate_limiter =
             RateLimiter::new(&config.rate_limit, &at, previous.map(|p| &p.rate_limiter))?;
+
+        // The gateway's own issuer, before the routes and tiers that may name it.
+        let token_service = match &config.token_service {
+            None => None,
+            Some(conf) => Some(token_service(
+                conf,
+                config,
+                &relative,
+                &rate_limiter,
+                &mut authenticator,
+                previous.and_then(|p| p.token_service.as_ref()),
+            )?),
+        };
+
         for (i, tier) in config.rate_limit.tiers.iter().enumerate() {
             let at = at.key("tiers").index(i);
             rate_limiter.add_tier(tier, &at, &groups, &mut authenticator)?;
@@ -221,6 +238,7 @@ impl Snapshot {
             resolver,
             answers,
             tracer,
+            token_service,
             origin: None,
         })
     }
@@ -280,6 +298,47 @@ impl Snapshot {
 
 /// Resolves every host name the upstreams' targets are given by; one that does not resolve
 /// is an error at its upstream's `targets`.
+/// Compiles `[token_service]` and adds its issuer to `authenticator`.
+fn token_service(
+    conf: &config::TokenServiceConf,
+    config: &Config,
+    relative: &dyn Fn(&Path) -> PathBuf,
+    limiter: &RateLimiter,
+    authenticator: &mut Authenticator,
+    previous: Option<&TokenService>,
+) -> Result<TokenService, Invalid> {
+    let at = KeyPath::root().key("token_service");
+    if config.issuers.contains_key(&conf.name) {
+        let m = format!("[issuers.{}] has this name too", conf.name);
+        return Err(Invalid::new(at.key("name"), m));
+    }
+    let cx = token_service::Context {
+        relative,
+        limiter,
+        jti: authenticator.claim_slot(
+            crate::authenticate::ClaimPath::parse("jti")
+                .map_err(|e| Invalid::new(at.clone(), e))?,
+        ),
+        redis: config.rate_limit.redis.as_ref(),
+        previous,
+    };
+    let (service, jwks) = TokenService::compile(conf, &at, &cx)?;
+    let alg = jsonwebtoken::Algorithm::from(conf.algorithm);
+    let issuer = Issuer::own(&conf.name, service.issuer(), &conf.audiences, alg, &jwks)
+        .map_err(|e| Invalid::new(at.key("key_file"), e))?;
+    // It introspects nothing, so only its `iss` can clash.
+    authenticator.add(issuer).map_err(|e| {
+        let other = match e {
+            AddError::SameIss(other) | AddError::SecondIntrospector(other) => other,
+        };
+        Invalid::new(
+            at.key("issuer"),
+            format!("same `issuer` as issuers.{other}"),
+        )
+    })?;
+    Ok(service)
+}
+
 fn resolve(config: &Config, resolver: &Resolver) -> Result<Answers, Invalid> {
     let mut names: Vec<(String, &str)> = Vec::new();
     for (upstream, conf) in &config.upstreams {

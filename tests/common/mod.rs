@@ -359,6 +359,38 @@ impl Authz {
     }
 }
 
+/// A captcha provider's verify API (see `captcha` in tests/support/http_fixture.py).
+pub struct Captcha {
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Captcha {
+    pub fn start() -> Captcha {
+        let port = free_port();
+        let proc = python(&["captcha", &port.to_string()]);
+        wait_for_port(port, "captcha verifier");
+        Captcha { port, _proc: proc }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/siteverify", self.port)
+    }
+
+    /// How many verifications it was asked for.
+    pub async fn calls(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/__calls", self.port);
+        get(&url, None).await.body.trim().parse().expect("calls")
+    }
+
+    /// The form of the last verification.
+    pub async fn last(&self) -> serde_json::Value {
+        get(&format!("http://127.0.0.1:{}/__last", self.port), None)
+            .await
+            .json()
+    }
+}
+
 /// A static file server standing in for an identity provider's JWKS endpoint.
 pub struct FileServer {
     pub port: u16,

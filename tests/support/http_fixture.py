@@ -22,6 +22,12 @@
                                   first N requests for that path, then 200; ?delay_ms=N
                                   waits first. POST /__fail makes every request 503 until
                                   POST /__recover. GET /__hits?path=/x: requests for /x.
+  http_fixture.py captcha PORT    a captcha provider's verify API (reCAPTCHA, hCaptcha and
+                                  Turnstile share it): POST secret, response, remoteip;
+                                  success when the secret is "captcha-secret" and the
+                                  response "human"; the response "slow" answers after 3 s,
+                                  "broken" with a 500. GET /__last: the last form it got,
+                                  GET /__calls: how many.
   http_fixture.py files PORT DIR  serves files from DIR, counting requests per path;
                                   GET /__hits?path=/x returns the count for /x.
                                   A file X.cache-control next to X sets Cache-Control.
@@ -206,6 +212,42 @@ class Flaky(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = handle_any
 
 
+class Captcha(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    calls = 0
+    last = {}
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        with LOCK:
+            out = Captcha.calls if self.path == "/__calls" else Captcha.last
+        self.reply(200, json.dumps(out).encode())
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        with LOCK:
+            Captcha.calls += 1
+            Captcha.last = form
+        response = form.get("response")
+        if response == "slow":
+            time.sleep(3)
+        if response == "broken":
+            return self.reply(500, b"{}")
+        success = form.get("secret") == "captcha-secret" and response == "human"
+        codes = [] if success else ["invalid-input-response"]
+        self.reply(200, json.dumps({"success": success, "error-codes": codes}).encode())
+
+
 def main():
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode in ("echo", "tls-echo"):
@@ -214,6 +256,8 @@ def main():
         handler = Flaky
     elif mode == "authz":
         handler = Authz
+    elif mode == "captcha":
+        handler = Captcha
     else:
         Files.root = sys.argv[3]
         handler = Files
@@ -221,7 +265,7 @@ def main():
     ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((os.environ.get("FIXTURE_HOST", "127.0.0.1"), port), handler)
     server.daemon_threads = True
-    if mode == "flaky":
+    if mode in ("flaky", "captcha"):
         # The gateway gives up on slow answers on purpose; a broken pipe is expected.
         server.handle_error = lambda request, address: None
     if mode == "tls-echo":

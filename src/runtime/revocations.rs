@@ -1,0 +1,275 @@
+//! Revoked anonymous sessions (`[token_service]`), shared by every instance through Redis.
+//!
+//! The admin endpoint adds a revocation to this instance's list, stores it in Redis until the
+//! last token it concerns has expired (`SET … EX`), and publishes it. Every instance follows
+//! the channel, and reads the stored revocations each time it (re)subscribes, so an instance
+//! that starts or reconnects later misses none. Revoking a session also ends its WebSockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde::{Deserialize, Serialize};
+
+use super::eviction::Eviction;
+use crate::clock;
+use crate::metrics;
+use crate::snapshot::SharedSnapshot;
+use crate::token_service::Revocation;
+
+/// The longest wait for Redis when storing and publishing a revocation.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause before subscribing again after Redis went away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// Longest `jti` or `sub` taken: the service's own are 32 characters.
+const MAX_VALUE: usize = 256;
+/// Beyond the token lifetime, for other instances' clocks.
+const LEEWAY_SECS: u64 = 10;
+
+#[derive(Serialize, Deserialize)]
+struct Message {
+    revoke: Revocation,
+    /// Unix second until which it holds.
+    until: u64,
+    /// The instance that published it.
+    origin: String,
+}
+
+/// Why a revocation was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("no [token_service] is configured")]
+    NoService,
+    #[error("the value is empty or longer than {MAX_VALUE} characters")]
+    BadValue,
+    #[error(transparent)]
+    Full(#[from] crate::token_service::revocation::Full),
+}
+
+/// What a revocation did.
+#[derive(Debug, Serialize)]
+pub struct Revoked {
+    /// WebSockets of the session closed here (a `sub` revocation).
+    pub websockets_closed: usize,
+    /// Whether the other instances were told: `None` without Redis.
+    pub published: Option<bool>,
+}
+
+#[derive(Clone)]
+pub struct Revocations {
+    config: SharedSnapshot,
+    eviction: Eviction,
+    origin: Arc<str>,
+}
+
+impl Revocations {
+    pub fn new(config: SharedSnapshot, eviction: Eviction) -> Self {
+        Self {
+            config,
+            eviction,
+            origin: uuid::Uuid::new_v4().to_string().into(),
+        }
+    }
+
+    /// Refuses a token or a session from now on, here and, with Redis, on every instance.
+    pub async fn revoke(&self, what: Revocation) -> Result<Revoked, RevokeError> {
+        let value = what.value();
+        if value.is_empty() || value.len() > MAX_VALUE {
+            return Err(RevokeError::BadValue);
+        }
+        let snap = self.config.load_full();
+        let service = snap.token_service.as_ref().ok_or(RevokeError::NoService)?;
+        let until = clock::unix_secs() + service.ttl().as_secs() + LEEWAY_SECS;
+        service.revoked.insert(&what, until)?;
+        metrics::session_revocation("admin");
+        let websockets_closed = match &what {
+            Revocation::Sub(sub) => self.eviction.evict(sub).await.closed,
+            Revocation::Jti(_) => 0,
+        };
+        let published = match &service.redis {
+            None => None,
+            Some((url, prefix)) => Some(self.publish(url, prefix, what, until).await),
+        };
+        Ok(Revoked {
+            websockets_closed,
+            published,
+        })
+    }
+
+    async fn publish(&self, url: &str, prefix: &str, what: Revocation, until: u64) -> bool {
+        let key = format!("{prefix}revoked:{}:{}", what.kind(), what.value());
+        let message = Message {
+            revoke: what,
+            until,
+            origin: self.origin.to_string(),
+        };
+        let Ok(message) = serde_json::to_string(&message) else {
+            return false;
+        };
+        let ttl = until.saturating_sub(clock::unix_secs()).max(1);
+        let publish = async {
+            let client = redis::Client::open(url)?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&message)
+                .arg("EX")
+                .arg(ttl)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(channel(prefix))
+                .arg(&message)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                log::error!("session revocation not published: {e}");
+                false
+            }
+            Err(_) => {
+                log::error!("session revocation not published: Redis timed out");
+                false
+            }
+        }
+    }
+
+    /// Takes in a revocation another instance made.
+    fn take(&self, payload: &[u8]) {
+        let message = match serde_json::from_slice::<Message>(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("session revocations: unreadable message: {e}");
+                return;
+            }
+        };
+        if *message.origin == *self.origin {
+            return;
+        }
+        let snap = self.config.load();
+        let Some(service) = &snap.token_service else {
+            return;
+        };
+        match service.revoked.insert(&message.revoke, message.until) {
+            Ok(()) => metrics::session_revocation("redis"),
+            Err(e) => log::error!("session revocation from another instance dropped: {e}"),
+        }
+        // Sessions' WebSockets on this instance are ended by the eviction order the revoking
+        // instance published.
+    }
+
+    /// Reads the revocations stored in Redis, then follows the channel until Redis goes away
+    /// or the config names another store.
+    async fn follow(&self, url: &str, prefix: &str) -> redis::RedisResult<()> {
+        let client = redis::Client::open(url)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel(prefix)).await?;
+        // Subscribed first: a revocation made while the stored ones are read is not missed.
+        let stored = self.catch_up(&client, prefix).await?;
+        log::info!("session revocations: following Redis, {stored} in force");
+        let mut messages = pubsub.on_message();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else {
+                        return Ok(());
+                    };
+                    self.take(message.get_payload_bytes());
+                }
+                _ = tick.tick() => {
+                    let snap = self.config.load();
+                    let same = snap
+                        .token_service
+                        .as_ref()
+                        .and_then(|s| s.redis.as_ref())
+                        .is_some_and(|(u, p)| u == url && p == prefix);
+                    if !same {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn catch_up(&self, client: &redis::Client, prefix: &str) -> redis::RedisResult<usize> {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let pattern = format!("{prefix}revoked:*");
+        let mut cursor: u64 = 0;
+        let mut taken = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let values: Vec<Option<Vec<u8>>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+                for value in values.into_iter().flatten() {
+                    let snap = self.config.load();
+                    let Some(service) = &snap.token_service else {
+                        return Ok(taken);
+                    };
+                    if let Ok(m) = serde_json::from_slice::<Message>(&value) {
+                        if service.revoked.insert(&m.revoke, m.until).is_ok() {
+                            taken += 1;
+                        }
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(taken);
+            }
+        }
+    }
+}
+
+fn channel(prefix: &str) -> String {
+    format!("{prefix}revocations")
+}
+
+#[async_trait]
+impl BackgroundService for Revocations {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let redis = self
+                .config
+                .load()
+                .token_service
+                .as_ref()
+                .and_then(|s| s.redis.clone());
+            let followed = async {
+                match &redis {
+                    Some((url, prefix)) => self.follow(url, prefix).await,
+                    None => {
+                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
+                        Ok(())
+                    }
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                followed = followed => {
+                    if let Err(e) = followed {
+                        log::warn!("session revocations: Redis subscription lost: {e}");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+}
