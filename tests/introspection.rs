@@ -309,11 +309,7 @@ async fn an_unreachable_provider_gives_503_for_unknown_tokens_and_200_for_cached
 
 #[test]
 fn check_names_the_introspection_key_at_fault() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("bad.toml");
-    std::fs::write(
-        &conf,
-        r#"[server]
+    let text = r#"[server]
 listen = ["127.0.0.1:8080"]
 
 [issuers.a]
@@ -324,16 +320,9 @@ discovery = true
 [issuers.a.introspection]
 client_id = "gw"
 client_secret_env = "PORTCULLIS_TEST_UNSET_VARIABLE"
-"#,
-    )
-    .expect("write");
-    let out = std::process::Command::new(common::BIN)
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("run check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+"#;
+    let (code, err) = common::check_config(text);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains(":11:") && err.contains("issuers.a.introspection.client_secret_env"),
         "{err}"
@@ -344,19 +333,12 @@ client_secret_env = "PORTCULLIS_TEST_UNSET_VARIABLE"
     );
 
     // Turned off, the table is not checked further: no secret is needed.
-    let text = std::fs::read_to_string(&conf).expect("read");
     let off = text.replace(
         "[issuers.a.introspection]",
         "[issuers.a.introspection]\nmode = \"off\"",
     );
-    std::fs::write(&conf, off).expect("write");
-    let out = std::process::Command::new(common::BIN)
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("run check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (code, err) = common::check_config(&off);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 /// An introspection endpoint that answers `active` as told (or the whole `answer` when one is

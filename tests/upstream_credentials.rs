@@ -332,10 +332,7 @@ async fn the_callers_token_is_exchanged_once_and_again_before_it_expires() {
 
 #[test]
 fn a_public_route_cannot_reach_an_upstream_that_exchanges_tokens() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let conf = dir.path().join("gateway.toml");
-    std::fs::write(
-        &conf,
+    let (code, stderr) = common::check_config(
         r#"[server]
 listen = ["127.0.0.1:1"]
 
@@ -353,15 +350,8 @@ path = "/x"
 upstream = "backend"
 access = "public"
 "#,
-    )
-    .expect("write");
-    let out = std::process::Command::new(common::BIN)
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .expect("run check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("gateway.toml:16:") && stderr.contains("routes[0].access"),
         "{stderr}"

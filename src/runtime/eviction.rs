@@ -19,8 +19,6 @@ use crate::websocket::registry::Registry;
 
 /// The longest wait for Redis when publishing an order.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before subscribing again after Redis went away.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Serialize, Deserialize)]
 struct OrderMessage<'a> {
@@ -144,29 +142,12 @@ impl Eviction {
 #[async_trait]
 impl BackgroundService for Eviction {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
+        let store = || {
             let settings = self.config.load().websocket.clone();
-            let followed = async {
-                match &settings.redis_url {
-                    Some(url) => self.follow(url, &settings.eviction_channel).await,
-                    None => {
-                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                        Ok(())
-                    }
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                followed = followed => {
-                    if let Err(e) = followed {
-                        log::warn!("websocket evictions: Redis subscription lost: {e}");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            }
-        }
+            Some((settings.redis_url?, settings.eviction_channel))
+        };
+        let follow =
+            |(url, channel): (String, String)| async move { self.follow(&url, &channel).await };
+        super::follow_redis("websocket evictions", &mut shutdown, store, follow).await;
     }
 }

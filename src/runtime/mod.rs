@@ -15,6 +15,7 @@ pub mod reload;
 pub mod revocations;
 pub mod trace_export;
 
+use std::future::Future;
 use std::time::Duration;
 
 use pingora_core::server::ShutdownWatch;
@@ -27,6 +28,44 @@ async fn every(period: Duration, shutdown: &mut ShutdownWatch, mut work: impl Fn
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => work(),
+        }
+    }
+}
+
+/// Pause before subscribing again after Redis went away.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Follows a Redis channel for as long as the process runs: `store` tells which Redis the
+/// running config names (if any), `follow` subscribes to it and returns when the
+/// subscription ends (Redis went away, or the config names another store). Then, after a
+/// pause, it starts again with what the config names by then.
+async fn follow_redis<S, F, Fut>(
+    what: &str,
+    shutdown: &mut ShutdownWatch,
+    store: impl Fn() -> Option<S>,
+    follow: F,
+) where
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = redis::RedisResult<()>>,
+{
+    loop {
+        let followed = async {
+            match store() {
+                Some(s) => follow(s).await,
+                None => Ok(()),
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            followed = followed => {
+                if let Err(e) = followed {
+                    log::warn!("{what}: Redis subscription lost: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
         }
     }
 }

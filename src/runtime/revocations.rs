@@ -22,8 +22,6 @@ use crate::token_service::Revocation;
 
 /// The longest wait for Redis when storing and publishing a revocation.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before subscribing again after Redis went away.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 /// Longest `jti` or `sub` taken: the service's own are 32 characters.
 const MAX_VALUE: usize = 256;
 /// Beyond the token lifetime, for other instances' clocks.
@@ -242,34 +240,12 @@ fn channel(prefix: &str) -> String {
 #[async_trait]
 impl BackgroundService for Revocations {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let redis = self
-                .config
-                .load()
-                .token_service
-                .as_ref()
-                .and_then(|s| s.redis.clone());
-            let followed = async {
-                match &redis {
-                    Some((url, prefix)) => self.follow(url, prefix).await,
-                    None => {
-                        tokio::time::sleep(RESUBSCRIBE_AFTER).await;
-                        Ok(())
-                    }
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                followed = followed => {
-                    if let Err(e) = followed {
-                        log::warn!("session revocations: Redis subscription lost: {e}");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            }
-        }
+        let store = || {
+            let snap = self.config.load();
+            snap.token_service.as_ref().and_then(|s| s.redis.clone())
+        };
+        let follow =
+            |(url, prefix): (String, String)| async move { self.follow(&url, &prefix).await };
+        super::follow_redis("session revocations", &mut shutdown, store, follow).await;
     }
 }

@@ -466,6 +466,23 @@ pub fn debian_python() -> &'static str {
     }
 }
 
+/// Runs `portcullis check` on `text`, written to a `gateway.toml` of its own: the exit code
+/// and what it printed on stderr.
+pub fn check_config(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("gateway.toml");
+    std::fs::write(&conf, text).expect("write config");
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .expect("run portcullis check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Mints a token with `portcullis token`.
 pub fn token(args: &[&str]) -> String {
     let out = Command::new(BIN)
