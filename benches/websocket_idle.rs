@@ -140,6 +140,7 @@ async fn main() {
         r#"[server]
 listen = ["127.0.0.1:{port}"]
 threads = 2
+max_connections = {cap}
 drain_delay = "0s"
 grace_period = "1s"
 pid_file = "{d}/pid"
@@ -167,10 +168,14 @@ upstream = "push"
 "#,
         d = dir.path().display(),
         f = fixtures.display(),
+        cap = n + 100,
     );
     let conf = dir.path().join("gateway.toml");
     std::fs::write(&conf, config).expect("write config");
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    // PORTCULLIS_BIN measures another build (say, before a change) with the same harness.
+    let binary = std::env::var("PORTCULLIS_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_portcullis").to_string());
+    let mut gateway = Command::new(binary)
         .args(["run", "-c"])
         .arg(&conf)
         .env("RUST_LOG", "warn")

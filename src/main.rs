@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use clap::{Args, Parser, Subcommand};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -183,6 +184,9 @@ struct TokenArgs {
 
 // glibc's allocator showed as a tenth of the CPU per request; mimalloc's thread-local free
 // lists fit a proxy's many short-lived allocations better.
+/// The read buffer of a plain client connection (see `run`).
+const PLAIN_READ_BUFFER: usize = 4 * 1024;
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -447,7 +451,13 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
         Capped::new(gateway, &client_listeners, shared.clone()),
     );
     for addr in &settings.listen {
-        proxy.add_tcp(&addr.to_string());
+        // Pingora reads plain connections through a 64 KiB buffer, held as long as the
+        // connection is: an idle WebSocket would carry it for hours. Reads larger than the
+        // buffer bypass it, so bodies stream as before; TLS listeners keep Pingora's size,
+        // since TLS reads record by record.
+        let buffers = L4BufferSettings::default().read(PLAIN_READ_BUFFER);
+        let listener = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
+        proxy.endpoints().add_listener(listener);
     }
     if let Some(tls) = &settings.tls {
         for addr in &settings.tls_listen {
