@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
+use super::Channel;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use crate::websocket::registry::Registry;
@@ -99,42 +99,20 @@ impl Eviction {
         }
     }
 
-    /// Follows the channel until Redis goes away or the config names another one.
-    async fn follow(&self, url: &str, channel: &str) -> redis::RedisResult<()> {
-        let client = redis::Client::open(url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        log::info!("websocket evictions: subscribed to {channel:?}");
-        let mut messages = pubsub.on_message();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        return Ok(());
-                    };
-                    let payload: Vec<u8> = message.get_payload_bytes().to_vec();
-                    match serde_json::from_slice::<OrderMessage>(&payload) {
-                        Ok(order) if *order.origin == *self.origin => {}
-                        Ok(order) => {
-                            metrics::websocket_eviction_order("redis");
-                            let closed = self.registry.evict(order.subject);
-                            log::info!(
-                                "websocket eviction of {:?} from instance {}: {closed} closed here",
-                                order.subject,
-                                order.origin
-                            );
-                        }
-                        Err(e) => log::warn!("websocket evictions: unreadable order: {e}"),
-                    }
-                }
-                _ = tick.tick() => {
-                    let settings = &self.config.load().websocket;
-                    if settings.redis_url.as_deref() != Some(url) || settings.eviction_channel != channel {
-                        return Ok(());
-                    }
-                }
+    /// Carries out an order another instance published.
+    fn take(&self, payload: &[u8]) {
+        match serde_json::from_slice::<OrderMessage>(payload) {
+            Ok(order) if *order.origin == *self.origin => {}
+            Ok(order) => {
+                metrics::websocket_eviction_order("redis");
+                let closed = self.registry.evict(order.subject);
+                log::info!(
+                    "websocket eviction of {:?} from instance {}: {closed} closed here",
+                    order.subject,
+                    order.origin
+                );
             }
+            Err(e) => log::warn!("websocket evictions: unreadable order: {e}"),
         }
     }
 }
@@ -142,12 +120,23 @@ impl Eviction {
 #[async_trait]
 impl BackgroundService for Eviction {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let store = || {
+        let channel = || {
             let settings = self.config.load().websocket.clone();
-            Some((settings.redis_url?, settings.eviction_channel))
+            Some(Channel {
+                url: settings.redis_url?,
+                name: settings.eviction_channel,
+            })
         };
-        let follow =
-            |(url, channel): (String, String)| async move { self.follow(&url, &channel).await };
-        super::follow_redis("websocket evictions", &mut shutdown, store, follow).await;
+        // Orders are not stored: one published while this instance was away is not replayed.
+        let catch_up = |_| async { Ok(()) };
+        let take = |payload: &[u8]| self.take(payload);
+        super::follow_redis(
+            "websocket evictions",
+            &mut shutdown,
+            channel,
+            catch_up,
+            take,
+        )
+        .await;
     }
 }

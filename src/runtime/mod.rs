@@ -18,6 +18,7 @@ pub mod trace_export;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use pingora_core::server::ShutdownWatch;
 
 /// Calls `work` every `period` until shutdown; a late tick is not made up for.
@@ -35,24 +36,53 @@ async fn every(period: Duration, shutdown: &mut ShutdownWatch, mut work: impl Fn
 /// Pause before subscribing again after Redis went away.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
-/// Follows a Redis channel for as long as the process runs: `store` tells which Redis the
-/// running config names (if any), `follow` subscribes to it and returns when the
-/// subscription ends (Redis went away, or the config names another store). Then, after a
-/// pause, it starts again with what the config names by then.
-async fn follow_redis<S, F, Fut>(
+/// A Redis pub/sub channel the running config names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Channel {
+    url: String,
+    name: String,
+}
+
+/// Follows a Redis channel for as long as the process runs. `channel` tells which one the
+/// running config names, if any; once subscribed, `catch_up` reads what was stored before
+/// (nothing published meanwhile is missed, the subscription being open), then each message
+/// goes to `take`. When Redis goes away or the config names another channel, it starts
+/// again after a pause.
+async fn follow_redis<C, Fut>(
     what: &str,
     shutdown: &mut ShutdownWatch,
-    store: impl Fn() -> Option<S>,
-    follow: F,
+    channel: impl Fn() -> Option<Channel>,
+    catch_up: C,
+    take: impl Fn(&[u8]),
 ) where
-    F: Fn(S) -> Fut,
+    C: Fn(redis::Client) -> Fut,
     Fut: Future<Output = redis::RedisResult<()>>,
 {
     loop {
+        let current = channel();
         let followed = async {
-            match store() {
-                Some(s) => follow(s).await,
-                None => Ok(()),
+            let Some(current) = &current else {
+                return Ok::<(), redis::RedisError>(());
+            };
+            let client = redis::Client::open(current.url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&current.name).await?;
+            catch_up(client).await?;
+            log::info!("{what}: subscribed to {:?}", current.name);
+            let mut messages = pubsub.on_message();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    message = messages.next() => match message {
+                        Some(message) => take(message.get_payload_bytes()),
+                        None => return Ok(()),
+                    },
+                    _ = tick.tick() => {
+                        if channel().as_ref() != Some(current) {
+                            return Ok(());
+                        }
+                    }
+                }
             }
         };
         tokio::select! {

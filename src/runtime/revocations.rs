@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
 
 use super::eviction::Eviction;
+use super::Channel;
 use crate::clock;
 use crate::metrics;
 use crate::snapshot::SharedSnapshot;
@@ -162,43 +162,14 @@ impl Revocations {
         // instance published.
     }
 
-    /// Reads the revocations stored in Redis, then follows the channel until Redis goes away
-    /// or the config names another store.
-    async fn follow(&self, url: &str, prefix: &str) -> redis::RedisResult<()> {
-        let client = redis::Client::open(url)?;
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel(prefix)).await?;
-        // Subscribed first: a revocation made while the stored ones are read is not missed.
-        let stored = self.catch_up(&client, prefix).await?;
-        log::info!("session revocations: following Redis, {stored} in force");
-        let mut messages = pubsub.on_message();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                message = messages.next() => {
-                    let Some(message) = message else {
-                        return Ok(());
-                    };
-                    self.take(message.get_payload_bytes());
-                }
-                _ = tick.tick() => {
-                    let snap = self.config.load();
-                    let same = snap
-                        .token_service
-                        .as_ref()
-                        .and_then(|s| s.redis.as_ref())
-                        .is_some_and(|(u, p)| u == url && p == prefix);
-                    if !same {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn catch_up(&self, client: &redis::Client, prefix: &str) -> redis::RedisResult<usize> {
+    /// Takes in the revocations stored in Redis: those made before this instance subscribed.
+    async fn catch_up(&self, client: redis::Client, prefix: &str) -> redis::RedisResult<()> {
         let mut conn = client.get_multiplexed_async_connection().await?;
         let pattern = format!("{prefix}revoked:*");
+        let snap = self.config.load_full();
+        let Some(service) = &snap.token_service else {
+            return Ok(());
+        };
         let mut cursor: u64 = 0;
         let mut taken = 0;
         loop {
@@ -214,10 +185,6 @@ impl Revocations {
                 let values: Vec<Option<Vec<u8>>> =
                     redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
                 for value in values.into_iter().flatten() {
-                    let snap = self.config.load();
-                    let Some(service) = &snap.token_service else {
-                        return Ok(taken);
-                    };
                     if let Ok(m) = serde_json::from_slice::<Message>(&value) {
                         if service.revoked.insert(&m.revoke, m.until).is_ok() {
                             taken += 1;
@@ -227,7 +194,8 @@ impl Revocations {
             }
             cursor = next;
             if cursor == 0 {
-                return Ok(taken);
+                log::info!("session revocations: {taken} in force, read from Redis");
+                return Ok(());
             }
         }
     }
@@ -240,12 +208,35 @@ fn channel(prefix: &str) -> String {
 #[async_trait]
 impl BackgroundService for Revocations {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let store = || {
+        let channel = || {
             let snap = self.config.load();
-            snap.token_service.as_ref().and_then(|s| s.redis.clone())
+            let (url, prefix) = snap.token_service.as_ref()?.redis.clone()?;
+            Some(Channel {
+                url,
+                name: channel(&prefix),
+            })
         };
-        let follow =
-            |(url, prefix): (String, String)| async move { self.follow(&url, &prefix).await };
-        super::follow_redis("session revocations", &mut shutdown, store, follow).await;
+        // The key prefix the running config names, for the stored revocations.
+        let catch_up = |client| async move {
+            let prefix = self
+                .config
+                .load()
+                .token_service
+                .as_ref()
+                .and_then(|s| s.redis.clone());
+            match prefix {
+                Some((_, prefix)) => self.catch_up(client, &prefix).await,
+                None => Ok(()),
+            }
+        };
+        let take = |payload: &[u8]| self.take(payload);
+        super::follow_redis(
+            "session revocations",
+            &mut shutdown,
+            channel,
+            catch_up,
+            take,
+        )
+        .await;
     }
 }
