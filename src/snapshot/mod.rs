@@ -322,10 +322,16 @@ fn token_service(
         redis: config.rate_limit.redis.as_ref(),
         previous,
     };
-    let (service, jwks) = TokenService::compile(conf, &at, &cx)?;
+    let service = TokenService::compile(conf, &at, &cx)?;
     let alg = jsonwebtoken::Algorithm::from(conf.algorithm);
-    let issuer = Issuer::own(&conf.name, service.issuer(), &conf.audiences, alg, &jwks)
-        .map_err(|e| Invalid::new(at.key("key_file"), e))?;
+    let issuer = Issuer::own(
+        &conf.name,
+        service.issuer(),
+        &conf.audiences,
+        alg,
+        service.jwks(),
+    )
+    .map_err(|e| Invalid::new(at.key("key_file"), e))?;
     // It introspects nothing, so only its `iss` can clash.
     authenticator.add(issuer).map_err(|e| {
         let other = match e {

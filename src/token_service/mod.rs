@@ -128,13 +128,12 @@ pub struct Context<'a> {
 }
 
 impl TokenService {
-    /// Compiles `[token_service]` (at `at`), reading its key now. Returns the service and the
-    /// public key set the gateway verifies its tokens with.
+    /// Compiles `[token_service]` (at `at`), reading its key now.
     pub fn compile(
         conf: &TokenServiceConf,
         at: &KeyPath,
         cx: &Context<'_>,
-    ) -> Result<(Self, Bytes), Invalid> {
+    ) -> Result<Self, Invalid> {
         let err = |field: &str, m: String| Invalid::new(at.key(field), m);
         let iss = conf.issuer.trim_end_matches('/');
         let url = reqwest::Url::parse(iss).map_err(|e| err("issuer", format!("not a URL: {e}")))?;
@@ -234,7 +233,7 @@ impl TokenService {
         let mut header = Header::new(alg);
         header.kid = Some(kid);
         header.typ = Some("at+jwt".into());
-        let service = Self {
+        Ok(Self {
             name: conf.name.as_str().into(),
             iss: iss.to_string(),
             audiences: conf.audiences.clone(),
@@ -246,7 +245,7 @@ impl TokenService {
             path: conf.path.clone(),
             jwks_path: conf.jwks_path.clone(),
             discovery_path: conf.discovery_path.clone(),
-            jwks: Bytes::from(jwks.clone()),
+            jwks: Bytes::from(jwks),
             discovery: Bytes::from(discovery.to_string()),
             per_address,
             per_network,
@@ -254,8 +253,7 @@ impl TokenService {
             revoked,
             jti: cx.jti,
             redis: cx.redis.map(|r| (r.url.clone(), r.key_prefix.clone())),
-        };
-        Ok((service, Bytes::from(jwks)))
+        })
     }
 
     /// The `iss` of the tokens.
@@ -281,6 +279,7 @@ impl TokenService {
         }
     }
 
+    /// The public key set: served, and what the gateway verifies its own tokens with.
     pub fn jwks(&self) -> &Bytes {
         &self.jwks
     }
