@@ -36,6 +36,7 @@ pub(crate) mod respond;
 pub mod rewrite;
 pub mod route;
 pub mod runtime;
+pub(crate) mod session;
 pub mod snapshot;
 pub mod tls;
 pub mod token;

@@ -24,6 +24,7 @@ use portcullis::runtime::key_refresh::KeyRefresher;
 use portcullis::runtime::lifecycle::{Exit, Lifecycle, Ready, Signals};
 use portcullis::runtime::reload::{catch_sighup, Reloader};
 use portcullis::runtime::revocations::Revocations;
+use portcullis::runtime::sessions::EndedSessions;
 use portcullis::runtime::trace_export::TraceExporter;
 use portcullis::snapshot::explain::{Credential, QuestionText};
 use portcullis::snapshot::Snapshot;
@@ -506,6 +507,10 @@ fn run(args: RunArgs, hangup: Arc<std::sync::atomic::AtomicBool>) -> ExitCode {
     server.add_service(background_service("ready", Ready::new(listeners)));
     server.add_service(background_service("websocket evictions", eviction));
     server.add_service(background_service("session revocations", revocations));
+    server.add_service(background_service(
+        "ended sessions",
+        EndedSessions::new(shared.clone(), websockets.clone()),
+    ));
     server.add_service(background_service(
         "exit",
         Exit::new(shared.clone(), websockets),

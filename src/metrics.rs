@@ -428,6 +428,15 @@ static SESSION_REVOCATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+static BROWSER_SESSIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter_vec(
+        "browser_sessions_total",
+        "Browser session events: login (ok, refused, error), refresh (ok, refused, error), \
+         end (logout, backchannel, admin, refresh_refused, expired).",
+        &["event", "result"],
+    )
+});
+
 static INTROSPECTION_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "introspection_calls_total",
@@ -494,6 +503,11 @@ pub fn captcha_verification(result: &str) {
 /// One revocation taken in, from the admin API (`admin`) or another instance (`redis`).
 pub fn session_revocation(origin: &str) {
     SESSION_REVOCATIONS.with_label_values(&[origin]).inc();
+}
+
+/// A browser session event (`[sessions]`).
+pub fn session_event(event: &str, result: &str) {
+    BROWSER_SESSIONS.with_label_values(&[event, result]).inc();
 }
 
 pub fn introspection_duration(issuer: &str, took: Duration) {

@@ -473,6 +473,62 @@ pub mod token_service {
     }
 }
 
+/// Answers at the session paths (`[sessions]`).
+pub mod session {
+    use super::*;
+    use crate::session::{LoginError, Redirect};
+
+    const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+    /// 302 to `location`, setting the cookies.
+    pub fn redirect(redirect: &Redirect) -> Reply {
+        let mut reply = Reply::new(302, HeaderValue::from_static("text/plain"), Bytes::new());
+        match HeaderValue::try_from(redirect.location.as_str()) {
+            Ok(location) => reply.headers.push((http::header::LOCATION, location)),
+            Err(_) => return json_error(500, "server_error", "redirect target"),
+        }
+        for cookie in &redirect.cookies {
+            reply
+                .headers
+                .push((http::header::SET_COOKIE, cookie.clone()));
+        }
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+    }
+
+    /// A login that cannot go on: 400 for a bad or stale request, 403 when the provider
+    /// refused, 401 for a token that fails its checks, 502 when the provider cannot be asked.
+    pub fn login_failed(e: &LoginError) -> Reply {
+        let (status, error) = match e {
+            LoginError::Request(_) => (400, "invalid_request"),
+            LoginError::Provider(_) => (403, "access_denied"),
+            LoginError::Token(_) | LoginError::AccessToken(_) => (401, "invalid_token"),
+            LoginError::Unavailable(_) => (502, "temporarily_unavailable"),
+        };
+        let mut reply = json_error(status, error, &e.to_string());
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+    }
+
+    /// Back-Channel Logout 1.0 §2.8: 200 when the logout was taken.
+    pub fn logged_out() -> Reply {
+        let mut reply = Reply::new(200, JSON, Bytes::from_static(b"{}"));
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+    }
+
+    /// §2.8: 400 for a logout token that is refused; 501 would say the gateway cannot log out.
+    pub fn logout_refused(e: &LoginError) -> Reply {
+        let status = match e {
+            LoginError::Unavailable(_) => 503,
+            _ => 400,
+        };
+        let mut reply = json_error(status, "invalid_request", &e.to_string());
+        reply.headers.push((http::header::CACHE_CONTROL, NO_STORE));
+        reply
+    }
+}
+
 fn unavailable(description: &str, retry_after_secs: u64) -> Reply {
     let mut reply = json_error(503, "temporarily_unavailable", description);
     reply.headers.push((

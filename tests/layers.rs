@@ -29,6 +29,7 @@ const LAYERS: &[&[&str]] = &[
         "respond",
         "client_ip",
         "token_service",
+        "session",
     ],
     &["snapshot"],
     &["proxy", "fuzz", "import"],

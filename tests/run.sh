@@ -20,7 +20,8 @@ command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)  # gRPC client and server
 /usr/bin/python3 -c 'import jwt, cryptography' >/dev/null 2>&1 || missing+=(python3-jwt python3-cryptography)  # an independent JWT verifier
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)  # the OTLP receiver's packages
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)    # browser tests (CORS)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)    # browser tests (CORS, sessions)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)  # drives it over WebDriver
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)              # reload under load
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)  # verifies the unit file
 if [ ${#missing[@]} -gt 0 ]; then

@@ -103,6 +103,24 @@ pub async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Fe
     Ok(body)
 }
 
+/// Sends a request to an OAuth endpoint and reads its answer, a success or an error, bounded.
+pub async fn answer_of(
+    request: reqwest::RequestBuilder,
+) -> Result<(http::StatusCode, Vec<u8>), FetchError> {
+    let response = request.send().await?;
+    let status = response.status();
+    Ok((status, read_bounded(response).await?))
+}
+
+/// The `error` code of an OAuth error answer (RFC 6749 §5.2), if it has one.
+pub fn oauth_error(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Failed {
+        error: String,
+    }
+    serde_json::from_slice::<Failed>(body).map(|f| f.error).ok()
+}
+
 /// Reads `field` (an endpoint URL) from the OIDC discovery document at `url`.
 pub async fn discover(
     url: &str,

@@ -200,6 +200,11 @@ impl AuthError {
     }
 }
 
+/// The SHA-256 of a token, as the caches key it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    cache::digest(token)
+}
+
 /// Takes the bearer token from `Authorization` (RFC 6750 §2.1).
 pub fn bearer_token_of(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
@@ -409,6 +414,33 @@ impl Authenticator {
             }
         }
         outcome
+    }
+
+    /// A JWT other than an access token (an ID token, a logout token) that `id` signed: its
+    /// header `typ` and its claims, once the algorithm is one the issuer allows and the
+    /// signature holds with the issuer's keys. Its `iss` must be the issuer's; every other
+    /// claim is the caller's to check.
+    pub async fn verify_signed(
+        &self,
+        id: IssuerId,
+        token: &str,
+    ) -> Result<(Option<String>, serde_json::Map<String, serde_json::Value>), AuthError> {
+        let token = jwt::parse(token)?;
+        let issuer = self.issuer(id);
+        if !issuer.algorithms.contains(&token.header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        verify_signature(issuer, &token).await?;
+        if token.claims.get("iss").and_then(|v| v.as_str()) != Some(&*issuer.iss) {
+            return Err(AuthError::UnknownIssuer);
+        }
+        Ok((token.header.typ, token.claims))
+    }
+
+    /// The `iss` and clock skew of issuer `id`.
+    pub fn issuer_of(&self, id: IssuerId) -> (&str, u64) {
+        let issuer = self.issuer(id);
+        (&issuer.iss, issuer.leeway_secs)
     }
 
     /// The principal a token carrying `claims` would make if its issuer (by `iss`) signed

@@ -13,11 +13,15 @@ use serde::Deserialize;
 
 mod credentials;
 pub mod secret;
+mod sessions;
 mod source;
 mod token_service;
 mod tracing;
 
 pub use credentials::{CredentialGrant, CredentialsConf};
+pub use sessions::{
+    AssertionAlgorithm, SessionAuthMethod, SessionCookieConf, SessionStoreKind, SessionsConf,
+};
 pub use source::{load, ConfigError, Invalid, KeyPath, Source};
 pub use token_service::{CaptchaConf, IssuanceConf, SigningAlgorithm, TokenServiceConf};
 pub use tracing::TracingConf;
@@ -76,6 +80,8 @@ pub struct Config {
     pub tracing: Option<TracingConf>,
     /// `[token_service]`: anonymous session tokens issued by the gateway.
     pub token_service: Option<TokenServiceConf>,
+    /// `[sessions]`: browser logins, with sessions kept by the gateway.
+    pub sessions: Option<SessionsConf>,
 }
 
 /// `[token_cache]`: a token is verified once (signature, issuer, audience, claims) and then
@@ -1474,6 +1480,12 @@ pub struct RouteConf {
     pub websocket: Option<RouteWebSocketConf>,
     /// `[routes.cors]`: let pages on other origins call this route from a browser.
     pub cors: Option<CorsConf>,
+    /// A browser route (`[sessions]`): the caller is the session's user. Without a session, a
+    /// page navigation is sent to log in (302) and any other request gets 401;
+    /// state-changing requests from other sites get 403. A bearer token is taken as on any
+    /// route. Default: false.
+    #[serde(default)]
+    pub browser: bool,
 }
 
 /// `[routes.cors]`: cross-origin calls from browsers. A preflight (`OPTIONS` with `Origin`

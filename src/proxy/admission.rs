@@ -21,6 +21,7 @@ use crate::metrics;
 use crate::rate_limit::{self, Caller};
 use crate::respond::{Rejection, Reply};
 use crate::route::{self, RouteId};
+use crate::session::{self, Active, Lapsed, Sessions};
 use crate::snapshot::{Action, BodyPolicy, Route, ServerSettings, Snapshot};
 use crate::tls::ClientCert;
 use crate::token_service;
@@ -54,6 +55,8 @@ pub struct Facts {
     pub ext_authz: Option<&'static str>,
     /// The route's CORS headers for this request's origin, on every answer.
     pub cors: Vec<(HeaderName, HeaderValue)>,
+    /// The browser session the caller was authenticated by.
+    pub session: Option<Active>,
 }
 
 /// A request cleared to reach an upstream. Only admission makes one, so nothing can connect
@@ -130,6 +133,11 @@ pub enum Decision<'s> {
     Preflight(Vec<(HeaderName, HeaderValue)>),
     /// A request for the gateway's own token service.
     TokenService(token_service::Endpoint),
+    /// A request for one of the gateway's session paths (`[sessions]`).
+    Session(session::Endpoint),
+    /// A page navigation on a browser route without a session: to the login, then back to
+    /// this path and query.
+    Login(String),
 }
 
 /// The outcome of admission.
@@ -166,6 +174,9 @@ async fn decide<'s>(
     if let Some(endpoint) = snap.token_service.as_ref().and_then(|t| t.endpoint(&path)) {
         return Ok(Decision::TokenService(endpoint));
     }
+    if let Some(endpoint) = snap.sessions.as_ref().and_then(|s| s.endpoint(&path)) {
+        return Ok(Decision::Session(endpoint));
+    }
     if let Some(method) = cors::preflight_method(req) {
         let id = snap.router.find_id(host_of(req), &path, &method);
         if let Some((id, cors)) = id.and_then(|id| Some((id, snap.router[id].cors.as_ref()?))) {
@@ -195,6 +206,16 @@ async fn decide<'s>(
                 span.set("portcullis.auth.outcome", "ok");
                 facts.principal = Some(p);
             }
+            // A browser without a session is sent to log in; a script gets the 401.
+            Err(Rejection::Unauthorized(_))
+                if browser_route(snap, route, req).is_some()
+                    && route.enforce
+                    && session::is_navigation(&req.method, &req.headers) =>
+            {
+                span.set("portcullis.auth.outcome", "login");
+                let back = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                return Ok(Decision::Login(back.to_owned()));
+            }
             Err(r) => {
                 span.set("portcullis.auth.outcome", super::audit::reason(&r, None));
                 refuse(route, facts, r)?
@@ -203,6 +224,8 @@ async fn decide<'s>(
     }
     let principal = facts.principal.clone();
     let principal = principal.as_deref();
+    let session = facts.session.clone();
+    let session = session.as_ref();
 
     // 3. Authorize on the local rules, and render the identity the upstream will see.
     let request = authorize::Request {
@@ -277,7 +300,7 @@ async fn decide<'s>(
     Ok(match &route.action {
         Action::Respond(reply) => Decision::Respond(reply),
         Action::Forward(upstream) => Decision::Forward(Pass {
-            authorization: credentials(req, snap, route, *upstream, principal).await?,
+            authorization: credentials(req, snap, route, *upstream, principal, session).await?,
             route: id,
             upstream: *upstream,
             identity,
@@ -305,13 +328,19 @@ async fn credentials(
     route: &Route,
     upstream: UpstreamId,
     principal: Option<&Principal>,
+    session: Option<&Active>,
 ) -> Result<Option<HeaderValue>, Rejection> {
     let Some(credentials) = &snap.upstreams[upstream].credentials else {
-        return Ok(None);
+        // A session's upstream may be given the session's access token.
+        let pass_session = snap
+            .sessions
+            .as_ref()
+            .is_some_and(Sessions::passes_access_token);
+        return Ok(session
+            .filter(|_| pass_session)
+            .and_then(|s| bearer(s.access_token())));
     };
-    let caller = principal
-        .and_then(|_| token_of(req, route, snap).ok())
-        .map(|l| l.token);
+    let caller = caller_token(req, route, snap, principal, session);
     let span = trace::child("upstream_credentials");
     let obtained = credentials.authorization(caller.as_deref()).await;
     span.set("portcullis.credentials.grant", credentials.grant().as_str());
@@ -355,9 +384,7 @@ async fn consult(
     facts: &mut Facts,
 ) -> Result<Option<external::Headers>, Rejection> {
     let principal = facts.principal.as_deref();
-    let token = principal
-        .and_then(|_| token_of(req, route, snap).ok())
-        .map(|l| l.token);
+    let token = caller_token(req, route, snap, principal, facts.session.as_ref());
     let question = external::Question {
         route: &route.name,
         method: &req.method,
@@ -402,14 +429,35 @@ async fn authenticate(
     client: &Client<'_>,
     facts: &mut Facts,
 ) -> Result<Arc<Principal>, Rejection> {
-    let Located { token, from_cookie } = token_of(req, route, snap).map_err(|e| {
-        metrics::authentication(e.reason());
-        Rejection::Unauthorized(e)
-    })?;
     // A browser sends cookies on its own, also when another site makes it: a cookie's token
     // does not let that site change anything, nor open a WebSocket.
     let changes = !matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS)
         || handshake::is_websocket(req);
+    let active = match browser_route(snap, route, req) {
+        Some(sessions) => {
+            if changes && !source::same_origin(req) && !sessions.allows_origin(&req.headers) {
+                metrics::authorization_denied(&route.name, Forbidden::CrossSite.reason());
+                return Err(Rejection::Forbidden(Forbidden::CrossSite));
+            }
+            resume(sessions, req).await.map_err(|e| {
+                metrics::authentication(e.auth_error().reason());
+                Rejection::from(e.auth_error())
+            })?
+        }
+        None => None,
+    };
+    let located = match &active {
+        // The session's access token stands for the session; its origin was checked above.
+        Some(active) => Ok(Located {
+            token: Cow::Borrowed(active.access_token()),
+            from_cookie: false,
+        }),
+        None => token_of(req, route, snap),
+    };
+    let Located { token, from_cookie } = located.map_err(|e| {
+        metrics::authentication(e.reason());
+        Rejection::Unauthorized(e)
+    })?;
     if from_cookie && changes && !source::same_origin(req) {
         metrics::authorization_denied(&route.name, Forbidden::CrossSite.reason());
         return Err(Rejection::Forbidden(Forbidden::CrossSite));
@@ -431,8 +479,77 @@ async fn authenticate(
         Some(service) if service.is_revoked(&p) => Err(AuthError::Inactive),
         _ => Ok(p),
     });
+    // So is the access token of a session that ended, wherever it is presented.
+    let principal = principal.and_then(|p| match &snap.sessions {
+        Some(sessions) if sessions.ended_token(&token) => Err(AuthError::Inactive),
+        _ => Ok(p),
+    });
+    if principal.is_ok() {
+        facts.session = active.clone();
+    }
     metrics::authentication(principal.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
     principal.map_err(Rejection::from)
+}
+
+/// The sessions of a browser route: one marked `browser = true`, or any authenticated route of
+/// a host of `[sessions] hosts`.
+fn browser_route<'s>(
+    snap: &'s Snapshot,
+    route: &Route,
+    req: &RequestHeader,
+) -> Option<&'s Sessions> {
+    let sessions = snap.sessions.as_ref()?;
+    let by_host = || {
+        !sessions.hosts().is_empty()
+            && route.access == Access::Authenticated
+            && host_of(req).is_some_and(|h| sessions.covers_host(h))
+    };
+    (route.browser || by_host()).then_some(sessions)
+}
+
+/// The request's session on a browser route, if its cookie names one that is still going.
+async fn resume(sessions: &Sessions, req: &RequestHeader) -> Result<Option<Active>, Lapsed> {
+    let Some(id) = sessions.session_id(&req.headers) else {
+        return Ok(None);
+    };
+    let span = trace::child("session");
+    let resumed = sessions.resume(id).await;
+    span.set(
+        "portcullis.session.outcome",
+        match &resumed {
+            Ok(_) => "ok",
+            Err(Lapsed::Gone) => "none",
+            Err(Lapsed::Unavailable(_)) => "unavailable",
+        },
+    );
+    match resumed {
+        Ok(active) => Ok(Some(active)),
+        // A lost or ended session is no session: a login for a page, a 401 for a script.
+        Err(Lapsed::Gone) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The caller's token, for an upstream exchange or a decision point: the session's access
+/// token, or the request's own.
+fn caller_token<'r>(
+    req: &'r RequestHeader,
+    route: &Route,
+    snap: &Snapshot,
+    principal: Option<&Principal>,
+    session: Option<&'r Active>,
+) -> Option<Cow<'r, str>> {
+    principal?;
+    match session {
+        Some(s) => Some(Cow::Borrowed(s.access_token())),
+        None => token_of(req, route, snap).ok().map(|l| l.token),
+    }
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The request's token, from where the route says it may be (for a WebSocket upgrade, where
@@ -464,204 +581,4 @@ pub fn host_of(req: &RequestHeader) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-    use std::path::PathBuf;
-    use std::time::Duration;
-
-    use super::*;
-    use crate::authorize::Forbidden;
-    use crate::config::Source;
-    use crate::token::{self, TokenSpec};
-
-    const ISS: &str = "https://idp.test";
-
-    fn dev(file: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("conf/dev")
-            .join(file)
-    }
-
-    fn snapshot(extra: &str) -> Snapshot {
-        let text = format!(
-            r#"[server]
-listen = ["127.0.0.1:1"]
-
-[issuers.idp]
-issuer = "{ISS}"
-audiences = ["api"]
-jwks_file = "{jwks}"
-
-[upstreams.backend]
-targets = ["127.0.0.1:9"]
-
-[[routes]]
-path = "/public"
-access = "public"
-upstream = "backend"
-
-[[routes]]
-path_prefix = "/agents"
-access = "authenticated"
-upstream = "backend"
-[[routes.allow]]
-methods = ["GET"]
-roles = ["agent"]
-
-[[routes]]
-path = "/hello"
-access = "public"
-respond = {{ body = "hi" }}
-{extra}"#,
-            jwks = dev("jwks.json").display()
-        );
-        let source = Source {
-            path: PathBuf::from("test.toml"),
-            text,
-        };
-        let config = source.parse().expect("test config parses");
-        Snapshot::compile(&config, &source, None).expect("test config compiles")
-    }
-
-    fn token(roles: &[&str]) -> String {
-        let key = token::load_key(&dev("private-key.pem"), jsonwebtoken::Algorithm::RS256)
-            .expect("dev key");
-        let spec = TokenSpec {
-            alg: jsonwebtoken::Algorithm::RS256,
-            kid: Some("dev-1".into()),
-            typ: "at+jwt".into(),
-            issuer: ISS.into(),
-            audience: vec!["api".into()],
-            subject: "alice".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            scope: None,
-            azp: None,
-            ttl: Some(Duration::from_secs(300)),
-            issued_ago: Duration::ZERO,
-            not_before_in: None,
-            claims: Vec::new(),
-        };
-        token::mint(&key, &spec).expect("mint")
-    }
-
-    fn request(method: &str, path: &str, token: Option<&str>) -> RequestHeader {
-        let mut req = RequestHeader::build(method, path.as_bytes(), None).expect("request");
-        if let Some(t) = token {
-            req.insert_header("authorization", format!("Bearer {t}"))
-                .expect("header");
-        }
-        req
-    }
-
-    async fn decide<'s>(snap: &'s Snapshot, req: &RequestHeader) -> Admission<'s> {
-        let client = Client {
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            cert: None,
-            audit: true,
-        };
-        admit(req, snap, &client).await
-    }
-
-    #[tokio::test]
-    async fn unknown_paths_are_not_found_and_bad_ones_are_refused() {
-        let snap = snapshot("");
-        let a = decide(&snap, &request("GET", "/nowhere", None)).await;
-        assert!(matches!(a.decision, Err(Rejection::NotFound)));
-        assert!(a.facts.route.is_none());
-        let a = decide(&snap, &request("GET", "/a/%2e%2e/%2e%2e/x", None)).await;
-        assert!(
-            matches!(a.decision, Err(Rejection::BadPath(_))),
-            "{:?}",
-            a.decision
-        );
-    }
-
-    #[tokio::test]
-    async fn public_routes_forward_without_identity() {
-        let snap = snapshot("");
-        let a = decide(&snap, &request("GET", "/public", Some("not-even-a-token"))).await;
-        let Ok(Decision::Forward(pass)) = a.decision else {
-            panic!("{:?}", a.decision);
-        };
-        assert!(pass.identity().is_none());
-        assert!(a.facts.principal.is_none());
-        assert!(a.facts.token_id.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_missing_token_is_unauthorized_on_its_route() {
-        let snap = snapshot("");
-        let a = decide(&snap, &request("GET", "/agents/7", None)).await;
-        assert!(matches!(
-            a.decision,
-            Err(Rejection::Unauthorized(AuthError::Missing))
-        ));
-        assert_eq!(
-            a.facts.route.map(|id| &*snap.router[id].name),
-            Some("/agents")
-        );
-        let a = decide(&snap, &request("GET", "/agents/7", Some("x.y.z"))).await;
-        assert!(matches!(a.decision, Err(Rejection::Unauthorized(_))));
-    }
-
-    #[tokio::test]
-    async fn a_valid_token_without_the_role_is_forbidden_but_known() {
-        let snap = snapshot("");
-        let t = token(&["viewer"]);
-        let a = decide(&snap, &request("GET", "/agents/7", Some(&t))).await;
-        assert!(matches!(
-            a.decision,
-            Err(Rejection::Forbidden(Forbidden::Insufficient))
-        ));
-        assert_eq!(
-            a.facts.principal.map(|p| p.subject.clone()).as_deref(),
-            Some("alice")
-        );
-        assert!(a.facts.token_id.is_some());
-        let t = token(&["agent"]);
-        let a = decide(&snap, &request("DELETE", "/agents/7", Some(&t))).await;
-        assert!(matches!(
-            a.decision,
-            Err(Rejection::Forbidden(Forbidden::MethodNotCovered))
-        ));
-    }
-
-    #[tokio::test]
-    async fn an_admitted_request_gets_a_pass_with_its_identity() {
-        let snap = snapshot("");
-        let t = token(&["agent"]);
-        let a = decide(&snap, &request("GET", "/%61gents/7", Some(&t))).await;
-        assert_eq!(a.facts.granted, Some(Granted::Rule(0)), "{:?}", a.decision);
-        let Ok(Decision::Forward(pass)) = a.decision else {
-            panic!("{:?}", a.decision);
-        };
-        assert_eq!(snap.upstreams[pass.upstream()].name.as_ref(), "backend");
-        assert!(pass.identity().is_some());
-        assert_eq!(pass.upstream_path(), Some("/agents/7"));
-        assert!(!pass.is_websocket());
-    }
-
-    #[tokio::test]
-    async fn direct_answers_are_the_routes_own() {
-        let snap = snapshot("");
-        let a = decide(&snap, &request("GET", "/hello", None)).await;
-        let Ok(Decision::Respond(reply)) = a.decision else {
-            panic!("{:?}", a.decision);
-        };
-        assert_eq!(reply.status, 200);
-        assert_eq!(&reply.body[..], b"hi");
-    }
-
-    #[tokio::test]
-    async fn the_tier_limit_refuses_the_request_over_it() {
-        let snap = snapshot(
-            "\n[[rate_limit.tiers]]\nname = \"anonymous\"\ncallers = \"anonymous\"\nlimits = [\"1/minute\"]\n",
-        );
-        let first = decide(&snap, &request("GET", "/public", None)).await;
-        assert!(first.decision.is_ok());
-        assert!(first.facts.quota.is_some_and(|q| q.allowed()));
-        let second = decide(&snap, &request("GET", "/public", None)).await;
-        assert!(matches!(second.decision, Err(Rejection::Limited(_))));
-        assert!(second.facts.quota.is_some_and(|q| !q.allowed()));
-    }
-}
+mod tests;

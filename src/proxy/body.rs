@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pingora_proxy::Session;
 
-use crate::respond::BodyRefusal;
+use crate::respond::{BodyRefusal, Reply};
 use crate::snapshot::BodyPolicy;
 
 /// The most Pingora keeps to send upstream once it has been read (its retry buffer).
@@ -49,6 +49,21 @@ pub async fn admit(
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err(BodyRefusal::TooSlow))
+}
+
+/// [`read_whole`], or the answer to give when the body is refused; the rest of a refused
+/// body is unread, so the connection takes no further request.
+pub async fn read_or_refuse(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Reply> {
+    read_whole(session, limit, timeout)
+        .await
+        .map_err(|refused| {
+            session.set_keepalive(None);
+            refused.reply()
+        })
 }
 
 /// Reads a small body whole, for a request the gateway answers itself.

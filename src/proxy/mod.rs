@@ -8,6 +8,7 @@ mod body;
 mod context;
 mod failure;
 mod resend;
+mod session_endpoint;
 mod spans;
 mod token_endpoint;
 mod upgrade;
@@ -85,6 +86,17 @@ fn prepare_upstream_request(
         req.insert_header(name.clone(), value.clone())?;
     }
     snap.identity.apply(req, forwarding.pass.identity(), cert)?;
+    // The gateway's session cookies are for the gateway alone.
+    if let Some(sessions) = &snap.sessions {
+        let cookie = req.headers.get(http::header::COOKIE);
+        if let Some(kept) = cookie.and_then(|c| sessions.upstream_cookie(c)) {
+            if kept.is_empty() {
+                req.remove_header(&http::header::COOKIE);
+            } else {
+                req.insert_header(http::header::COOKIE, kept)?;
+            }
+        }
+    }
     if let Some(authorization) = forwarding.pass.authorization() {
         req.insert_header(http::header::AUTHORIZATION, authorization.clone())?;
     }
@@ -185,6 +197,15 @@ impl ProxyHttp for Gateway {
                     body: Bytes::new(),
                     trailers: Vec::new(),
                 };
+                respond(session, ctx, reply).await
+            }
+            Ok(Decision::Session(endpoint)) => {
+                let reply =
+                    session_endpoint::answer(session, ctx, endpoint, &self.websockets).await;
+                respond(session, ctx, reply).await
+            }
+            Ok(Decision::Login(return_to)) => {
+                let reply = session_endpoint::login(ctx, &return_to).await;
                 respond(session, ctx, reply).await
             }
             Ok(Decision::TokenService(endpoint)) => {

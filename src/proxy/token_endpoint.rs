@@ -30,12 +30,9 @@ pub async fn answer(session: &mut Session, ctx: &RequestCtx, endpoint: Endpoint)
         Endpoint::Issue => {
             // Read whole in any case, so the connection can take another request.
             let timeout = snap.server.body_timeout;
-            let form = match body::read_whole(session, MAX_BODY, timeout).await {
+            let form = match body::read_or_refuse(session, MAX_BODY, timeout).await {
                 Ok(form) => form,
-                Err(refused) => {
-                    session.set_keepalive(None);
-                    return refused.reply();
-                }
+                Err(reply) => return reply,
             };
             let captcha = service
                 .captcha_field()

@@ -141,6 +141,7 @@ pub async fn serve(
             _ => http::HeaderMap::new(),
         },
         token: std::sync::Mutex::new(token),
+        session: ctx.facts.session.as_ref().map(|s| s.handle.clone()),
     });
     // Nothing to renew on a public route: every message goes through.
     let renew = principal.is_some().then_some(&*renewal as &dyn Renew);
@@ -155,7 +156,13 @@ pub async fn serve(
         &snap.websocket,
         deflate,
         principal.and_then(|p| clock::instant_of_unix(p.valid_until)),
-        websockets.register(&renewal.subject),
+        match &renewal.session {
+            Some(handle) => {
+                let key = crate::session::websocket_key(handle.as_str());
+                websockets.register_as(&[&renewal.subject, &key])
+            }
+            None => websockets.register(&renewal.subject),
+        },
         renew,
         revoked,
     );
@@ -182,6 +189,8 @@ struct Renewal {
     headers: http::HeaderMap,
     /// The token the connection lives by now: the one it was opened with, or the last renewal.
     token: std::sync::Mutex<String>,
+    /// The browser session the connection was opened from, whose token the gateway refreshes.
+    session: Option<crate::session::Handle>,
 }
 
 /// Why a token does not keep a WebSocket open.
@@ -265,5 +274,30 @@ impl Renew for Renewal {
             token.clone_into(&mut current);
         }
         Ok(deadline)
+    }
+
+    /// A session's connection lives on with the session's refreshed access token.
+    async fn refreshed(&self) -> Option<Instant> {
+        let handle = self.session.clone()?;
+        let config = self.config.clone();
+        // Run apart from the relay, which may stop waiting: a refresh is not cut off midway.
+        let active = tokio::spawn(async move {
+            let snap = config.load_full();
+            snap.sessions.as_ref()?.resume_handle(handle).await.ok()
+        })
+        .await
+        .ok()??;
+        match self.check(active.access_token()).await {
+            Ok(deadline) => {
+                if let Ok(mut current) = self.token.lock() {
+                    *current = active.access_token().to_owned();
+                }
+                deadline
+            }
+            Err(e) => {
+                log::info!("websocket of {} ends: {}", self.subject, e.reason());
+                None
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!   process is draining to stop.
 //! * `GET /websockets`: how many WebSockets are open.
 //! * `POST /websockets/evict` with `{"subject": "…"}`: ends that subject's WebSockets (Close
-//!   4003) here and, when Redis is configured, on every other instance.
+//!   4003) and browser sessions here and, when Redis is configured, on every other instance.
 //! * `POST /sessions/revoke` with `{"jti": "…"}` or `{"sub": "…"}`: refuses that token, or
 //!   every token of that anonymous session (`[token_service]`), here and, when Redis is
 //!   configured, on every other instance; a session's WebSockets are closed (4003).
@@ -133,6 +133,7 @@ impl Admin {
             "subject": request.subject,
             "closed": evicted.closed,
             "published": evicted.published,
+            "sessions_ended": evicted.sessions_ended,
         });
         json(StatusCode::OK, body)
     }

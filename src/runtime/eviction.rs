@@ -42,6 +42,8 @@ pub struct Evicted {
     pub closed: usize,
     /// Whether other instances were told: `None` without Redis.
     pub published: Option<bool>,
+    /// Browser sessions of the subject ended (`[sessions]`), on every instance.
+    pub sessions_ended: usize,
 }
 
 impl Eviction {
@@ -57,15 +59,28 @@ impl Eviction {
         &self.registry
     }
 
-    /// Ends `subject`'s connections here and, with Redis, on the other instances.
+    /// Ends `subject`'s connections and browser sessions here and, with Redis, on the other
+    /// instances.
     pub async fn evict(&self, subject: &str) -> Evicted {
         metrics::websocket_eviction_order("admin");
         let closed = self.registry.evict(subject);
-        let settings = self.config.load().websocket.clone();
+        let snap = self.config.load_full();
+        let sessions_ended = match &snap.sessions {
+            Some(sessions) => match sessions.end_subject(subject).await {
+                Ok(ended) => ended.websockets.len(),
+                Err(e) => {
+                    log::error!("sessions of {subject:?} not ended: {e}");
+                    0
+                }
+            },
+            None => 0,
+        };
+        let settings = snap.websocket.clone();
         let Some(url) = settings.redis_url else {
             return Evicted {
                 closed,
                 published: None,
+                sessions_ended,
             };
         };
         let message = serde_json::json!(OrderMessage {
@@ -96,6 +111,7 @@ impl Eviction {
         Evicted {
             closed,
             published: Some(published),
+            sessions_ended,
         }
     }
 

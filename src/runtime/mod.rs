@@ -1,6 +1,6 @@
 //! The runtime: what drives the compiled config over time. Reload on SIGHUP, key refresh,
 //! health checks, DNS re-resolution, trace export, WebSocket eviction orders, session
-//! revocations, the client connection cap, the admin listener, config metrics, and the process
+//! revocations, browser sessions ended elsewhere, the client connection cap, the admin listener, config metrics, and the process
 //! lifecycle. It sits above the snapshot; nothing below imports it.
 
 pub mod admin;
@@ -13,6 +13,7 @@ pub mod key_refresh;
 pub mod lifecycle;
 pub mod reload;
 pub mod revocations;
+pub mod sessions;
 pub mod trace_export;
 
 use std::future::Future;

@@ -22,6 +22,7 @@ use crate::logs::{Destination, Logs};
 use crate::rate_limit::RateLimiter;
 use crate::respond::Responses;
 use crate::route::Router;
+use crate::session::{self, Sessions};
 use crate::token_service::{self, TokenService};
 use crate::trace::Tracer;
 use crate::upstream::dns::{Answers, Resolver};
@@ -56,6 +57,8 @@ pub struct Snapshot {
     pub tracer: Option<Tracer>,
     /// `[token_service]`: the gateway's own anonymous session tokens.
     pub token_service: Option<TokenService>,
+    /// `[sessions]`: browser logins and their sessions.
+    pub sessions: Option<Sessions>,
     /// The parsed file this snapshot came from, to compile it again with new DNS answers.
     origin: Option<Arc<(Config, Source)>>,
 }
@@ -203,10 +206,22 @@ impl Snapshot {
             config.rate_limit.redis.as_ref().map(|r| r.url.as_str()),
         )?;
 
+        let sessions = match &config.sessions {
+            None => None,
+            Some(conf) => Some(sessions(
+                conf,
+                config,
+                &relative,
+                &authenticator,
+                previous.and_then(|p| p.sessions.as_ref()),
+            )?),
+        };
+
         let names = routes::Names {
             max_body_size: server.max_body_size,
             upstreams: &upstreams,
             groups: &groups,
+            sessions: sessions.as_ref(),
         };
         let router = routes::compile(&config.routes, &names, &mut authenticator)?;
 
@@ -239,6 +254,7 @@ impl Snapshot {
             answers,
             tracer,
             token_service,
+            sessions,
             origin: None,
         })
     }
@@ -343,6 +359,34 @@ fn token_service(
         )
     })?;
     Ok(service)
+}
+
+/// Compiles `[sessions]`, whose issuer must be configured already.
+fn sessions(
+    conf: &config::SessionsConf,
+    config: &Config,
+    relative: &dyn Fn(&Path) -> PathBuf,
+    authenticator: &Authenticator,
+    previous: Option<&Sessions>,
+) -> Result<Sessions, Invalid> {
+    let issuer = config.issuers.get(&conf.issuer);
+    let discovery_url = issuer.and_then(|i| match (&i.discovery_url, i.discovery) {
+        (Some(url), _) => Some(url.clone()),
+        (None, true) => Some(format!(
+            "{}/.well-known/openid-configuration",
+            i.issuer.trim_end_matches('/')
+        )),
+        (None, false) => None,
+    });
+    let cx = session::Context {
+        relative,
+        authenticator,
+        discovery_url,
+        issuer: authenticator.find(&conf.issuer),
+        redis: config.rate_limit.redis.as_ref(),
+        previous,
+    };
+    Sessions::compile(conf, &KeyPath::root().key("sessions"), &cx)
 }
 
 fn resolve(config: &Config, resolver: &Resolver) -> Result<Answers, Invalid> {

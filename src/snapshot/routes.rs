@@ -52,6 +52,8 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Cross-origin calls from browsers.
     pub cors: Option<Cors>,
+    /// A browser route: the caller may be a `[sessions]` session.
+    pub browser: bool,
 }
 
 /// A route's request bodies.
@@ -69,6 +71,8 @@ pub struct Names<'a> {
     pub max_body_size: u64,
     pub upstreams: &'a Upstreams,
     pub groups: &'a Groups,
+    /// `[sessions]`, which browser routes need.
+    pub sessions: Option<&'a crate::session::Sessions>,
 }
 
 /// `routes[i].limit_group` of every route, collected before the tiers that refer to them.
@@ -338,7 +342,25 @@ impl Route {
             .map(|c| Cors::compile(c, pattern.methods, &at.key("cors")))
             .transpose()?;
 
+        let on_session_host = |s: &crate::session::Sessions| {
+            pattern.host.as_deref().is_some_and(|h| s.covers_host(h))
+        };
+        let browser = match names.sessions {
+            None if r.browser => {
+                return Err(err("browser", "browser routes need a [sessions] table"));
+            }
+            None => false,
+            Some(_) if r.browser && r.access == Access::Public => {
+                return Err(err(
+                    "browser",
+                    "a public route has no sessions: set access = \"authenticated\"",
+                ));
+            }
+            Some(s) => r.browser || (r.access == Access::Authenticated && on_session_host(s)),
+        };
+
         Ok(Route {
+            browser,
             name: r.name.clone().unwrap_or_else(|| raw_path.clone()).into(),
             pattern,
             access: r.access,

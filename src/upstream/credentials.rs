@@ -110,12 +110,6 @@ struct Issued {
     expires_in: Option<u64>,
 }
 
-/// Its answer on failure (RFC 6749 §5.2).
-#[derive(Deserialize)]
-struct Failed {
-    error: String,
-}
-
 /// Why one call to the token endpoint gave no token.
 #[derive(Debug, thiserror::Error)]
 enum CallError {
@@ -400,17 +394,13 @@ impl Credentials {
                 form.push(("client_secret", &self.secret));
             }
         }
-        let response = request.form(&form).send().await.map_err(|e| failed(&e))?;
-        let status = response.status();
-        let body = fetch::read_bounded(response)
+        let (status, body) = fetch::answer_of(request.form(&form))
             .await
             .map_err(|e| failed(&e))?;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|e| failed(&format!("answer: {e}")));
         }
-        let error = serde_json::from_slice::<Failed>(&body)
-            .map(|f| f.error)
-            .ok();
+        let error = fetch::oauth_error(&body);
         let refused = subject_token.is_some()
             && status == http::StatusCode::BAD_REQUEST
             && matches!(

@@ -83,6 +83,13 @@ impl Ending {
 pub trait Renew: Send + Sync {
     /// The new deadline (`None`: the token does not expire), or why the renewal is refused.
     async fn renew(&self, token: &str) -> Result<Option<Instant>, &'static str>;
+
+    /// Asked when the deadline passes: a later one, if the credential the connection lives
+    /// by was renewed without the client (a browser session's token, which the gateway
+    /// refreshes itself).
+    async fn refreshed(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Asks, every `every`, whether the connection's token still stands; the receiver turns true
@@ -119,7 +126,8 @@ pub struct Relay<'a> {
     settings: &'a Settings,
     /// permessage-deflate was negotiated (the client without context takeover).
     deflate: bool,
-    deadline: Option<Instant>,
+    /// Behind a lock only so that the wait for it can move it on.
+    deadline: std::sync::Mutex<Option<Instant>>,
     /// The deadline is now because a renewal was refused.
     rejected: bool,
     ticket: Ticket,
@@ -147,7 +155,7 @@ impl<'a> Relay<'a> {
         Self {
             settings,
             deflate,
-            deadline,
+            deadline: std::sync::Mutex::new(deadline),
             rejected: false,
             ticket,
             renew,
@@ -217,12 +225,12 @@ impl<'a> Relay<'a> {
                                 match renew.renew(&token).await {
                                     Ok(deadline) => {
                                         metrics::websocket_renewal("ok");
-                                        self.deadline = deadline;
+                                        self.set_deadline(deadline);
                                     }
                                     Err(reason) => {
                                         metrics::websocket_renewal(reason);
                                         log::info!("websocket renewal refused: {reason}");
-                                        self.deadline = Some(Instant::now());
+                                        self.set_deadline(Some(Instant::now()));
                                         self.rejected = true;
                                     }
                                 }
@@ -272,12 +280,34 @@ impl<'a> Relay<'a> {
         ending
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+
     /// Resolves when the gateway must end the connection, and says why.
     async fn ordered(&self) -> Ending {
         let expiry = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+            loop {
+                match self.deadline() {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+                // The credential may have been renewed behind the connection.
+                let later = match (self.renew, self.rejected) {
+                    (Some(renew), false) => renew.refreshed().await,
+                    _ => None,
+                };
+                match later {
+                    Some(at) if at > Instant::now() => {
+                        metrics::websocket_renewal("refreshed");
+                        self.set_deadline(Some(at));
+                    }
+                    _ => return,
+                }
             }
         };
         let revoked = async {

@@ -1,5 +1,5 @@
-//! The open WebSockets by subject, so an operator can end a subject's connections (logout)
-//! and shutdown can end them all.
+//! The open WebSockets by subject (and by browser session), so an operator can end a
+//! subject's connections, a logout its session's, and shutdown all of them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +31,8 @@ pub struct Registry {
 /// One open connection's place in the registry; leaving it drops the place.
 pub struct Ticket {
     registry: Arc<Registry>,
-    subject: String,
+    /// The subject, and the session if the connection has one.
+    keys: Vec<String>,
     id: u64,
     signal: Arc<Signal>,
 }
@@ -44,27 +45,36 @@ impl Registry {
 
     /// Registers a connection of `subject` (empty for an anonymous one).
     pub fn register(self: &Arc<Self>, subject: &str) -> Ticket {
+        self.register_as(&[subject])
+    }
+
+    /// Registers a connection under several keys (its subject, its session): evicting any
+    /// of them ends it.
+    pub fn register_as(self: &Arc<Self>, keys: &[&str]) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signal = Arc::new(Signal {
             notify: Notify::new(),
             order: OnceLock::new(),
         });
-        self.open()
-            .entry(subject.to_owned())
-            .or_default()
-            .insert(id, signal.clone());
+        let mut open = self.open();
+        for key in keys {
+            open.entry((*key).to_owned())
+                .or_default()
+                .insert(id, signal.clone());
+        }
         Ticket {
             registry: self.clone(),
-            subject: subject.to_owned(),
+            keys: keys.iter().map(|k| (*k).to_owned()).collect(),
             id,
             signal,
         }
     }
 
-    /// Ends every connection of `subject`; returns how many there were.
-    pub fn evict(&self, subject: &str) -> usize {
+    /// Ends every connection of `key` (a subject, or a session's key); returns how many
+    /// there were.
+    pub fn evict(&self, key: &str) -> usize {
         let open = self.open();
-        let Some(connections) = open.get(subject) else {
+        let Some(connections) = open.get(key) else {
             return 0;
         };
         for signal in connections.values() {
@@ -76,15 +86,23 @@ impl Registry {
     /// Ends every connection; returns how many there were.
     pub fn close_all(&self) -> usize {
         let open = self.open();
-        open.values()
-            .flat_map(HashMap::values)
-            .inspect(|s| s.send(Order::Shutdown))
-            .count()
+        let all: HashMap<u64, &Arc<Signal>> = open
+            .values()
+            .flat_map(|c| c.iter())
+            .map(|(id, s)| (*id, s))
+            .collect();
+        for signal in all.values() {
+            signal.send(Order::Shutdown);
+        }
+        all.len()
     }
 
     /// Open connections.
     pub fn len(&self) -> usize {
-        self.open().values().map(HashMap::len).sum()
+        let open = self.open();
+        let ids: std::collections::HashSet<u64> =
+            open.values().flat_map(|c| c.keys().copied()).collect();
+        ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,10 +133,12 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut open = self.registry.open();
-        if let Some(connections) = open.get_mut(&self.subject) {
-            connections.remove(&self.id);
-            if connections.is_empty() {
-                open.remove(&self.subject);
+        for key in &self.keys {
+            if let Some(connections) = open.get_mut(key) {
+                connections.remove(&self.id);
+                if connections.is_empty() {
+                    open.remove(key);
+                }
             }
         }
     }
@@ -144,6 +164,13 @@ mod tests {
         assert!(waited.is_err(), "bob was not evicted");
         drop(alice);
         drop(alice2);
+        assert_eq!(registry.len(), 1);
+        // A session's connection ends by its session's key, and counts once.
+        let session = registry.register_as(&["bob", "session:1"]);
+        assert_eq!(registry.len(), 2);
+        assert_eq!(registry.evict("session:1"), 1);
+        assert_eq!(session.ordered().await, Order::Evict);
+        drop(session);
         assert_eq!(registry.len(), 1);
         assert_eq!(registry.close_all(), 1);
         assert_eq!(bob.ordered().await, Order::Shutdown);

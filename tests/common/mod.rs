@@ -117,8 +117,12 @@ impl Gateway {
 
     /// As [`Gateway::start`], with `server` lines added to `[server]` and environment `env`.
     pub fn start_with(server: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_on(free_port(), server, body, env)
+    }
+
+    /// As [`Gateway::start_with`], on a port chosen before (for a config that names it).
+    pub fn start_on(port: u16, server: &str, body: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("gateway.toml");
         std::fs::write(&conf, Self::config_with(port, dir.path(), server, body))
             .expect("write config");
@@ -987,6 +991,21 @@ impl Provider {
             .to_string()
     }
 
+    /// Registers a client (RFC 7591) with `metadata`; the provider's answer (`client_id`,
+    /// `client_secret` …).
+    pub async fn register(&self, metadata: &serde_json::Value) -> serde_json::Value {
+        let resp = client()
+            .post(format!("{}/reg", self.issuer))
+            .json(metadata)
+            .send()
+            .await
+            .expect("registration");
+        let status = resp.status().as_u16();
+        let answer: serde_json::Value = resp.json().await.expect("registration answer");
+        assert_eq!(status, 201, "registration: {answer}");
+        answer
+    }
+
     /// Revokes a token (RFC 7009).
     pub async fn revoke(&self, token: &str) {
         let resp = client()
@@ -1107,4 +1126,28 @@ fn take_request(data: &mut Vec<u8>) -> Option<Vec<u8>> {
     let body = rest[..body_len].to_vec();
     data.drain(..end + 4 + body_len);
     Some(body)
+}
+
+/// A WebSocket backend echoing every text message; its port.
+pub async fn websocket_echo() -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

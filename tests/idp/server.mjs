@@ -8,6 +8,14 @@
 // resource, with the caller's `sub` and the exchanging client in `act`.
 // GET /test/introspections and GET /test/exchanges answer how many requests each served;
 // POST /test/token-endpoint/fail and /recover make the token endpoint answer 503 or not.
+// Browser logins: clients register themselves (RFC 7591, POST /reg) with their redirect and
+// back-channel logout URIs; `test_access_token_ttl` in the registration sets how long their
+// users' access tokens live. /interaction/UID is a one-field login form (any user name, no
+// password) that grants the client openid, offline_access and the API's scopes at once.
+// GET /test/backchannel-logouts answers how many logout tokens were delivered.
+// POST /test/refresh/refuse and /allow make refresh grants fail with invalid_grant or not.
+// A client whose back-channel logout URI is /test/tap?to=URL has its logout tokens delivered
+// through the provider itself, which keeps the last one (GET /test/tap/last) for replay tests.
 import Provider, { errors } from 'oidc-provider';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
@@ -24,12 +32,16 @@ const resources = {
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 
-function resourceServer(resource) {
+function resourceServer(resource, client) {
   const info = resources[resource];
   if (!info) throw new errors.InvalidTarget(`unknown resource ${resource}`);
   const { format = 'jwt', ttl = 300, ...server } = info;
-  return { ...server, accessTokenFormat: format, accessTokenTTL: ttl, jwt: { sign: { alg: 'RS256' } } };
+  const accessTokenTTL = client?.['test_access_token_ttl'] ?? ttl;
+  return { ...server, accessTokenFormat: format, accessTokenTTL, jwt: { sign: { alg: 'RS256' } } };
 }
+
+const API = 'https://api.portcullis.test';
+const html = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
 // Exchanged tokens, with the subject they act for.
 const exchanged = new WeakMap();
@@ -58,7 +70,30 @@ const provider = new Provider(issuer, {
     response_types: [],
     token_endpoint_auth_method: 'client_secret_post',
   }],
+  extraClientMetadata: { properties: ['test_access_token_ttl'] },
+  // Its outgoing calls (back-channel logout) refuse loopback addresses, where every test
+  // party lives: the test provider lets them through.
+  fetch: (url, options) => {
+    const { dispatcher, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  pkce: { required: () => true },
+  ttl: { Session: 3600, Grant: 3600, RefreshToken: 3600, Interaction: 600 },
+  cookies: { keys: ['portcullis-test-idp-cookie-key'] },
   features: {
+    registration: { enabled: true },
+    backchannelLogout: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      logoutSource: async (ctx, form) => {
+        ctx.body = `<!DOCTYPE html><html><head><title>Sign out</title></head><body>
+          <h1>Sign out of ${html(ctx.host)}?</h1>${form}
+          <button id="logout" type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+          </body></html>`;
+      },
+    },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -67,7 +102,7 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => 'https://api.portcullis.test',
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource) => resourceServer(resource),
+      getResourceServerInfo: (ctx, resource, client) => resourceServer(resource, client),
     },
   },
   // Keycloak-shaped roles, so the same route policies apply.
@@ -115,9 +150,85 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
   };
 }, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'], ['resource']);
 
+// The login form and its answer: the user is whoever they say, and consents to everything.
+async function interaction(ctx) {
+  const details = await provider.interactionDetails(ctx.req, ctx.res);
+  const { uid, prompt, params, session } = details;
+  if (ctx.method === 'GET' && prompt.name === 'login') {
+    ctx.type = 'html';
+    ctx.body = `<!DOCTYPE html><html><head><title>Sign in</title></head><body>
+      <form id="login" method="post" action="/interaction/${html(uid)}">
+      <input id="username" name="login" autofocus>
+      <button id="submit" type="submit">Sign in</button></form></body></html>`;
+    return;
+  }
+  const form = ctx.method === 'POST' ? new URLSearchParams(await readBody(ctx)) : new URLSearchParams();
+  const accountId = form.get('login') || session?.accountId;
+  if (!accountId) throw new errors.InvalidRequest('no user');
+  const grant = new provider.Grant({ accountId, clientId: params.client_id });
+  grant.addOIDCScope('openid profile email offline_access');
+  grant.addResourceScope(API, resources[API].scope);
+  const grantId = await grant.save();
+  await provider.interactionFinished(ctx.req, ctx.res, {
+    login: { accountId },
+    consent: { grantId },
+  }, { mergeWithLastSubmission: false });
+}
+
+function readBody(ctx) {
+  return new Promise((resolve, reject) => {
+    let data = '';
+    ctx.req.setEncoding('utf8');
+    ctx.req.on('data', (chunk) => { data += chunk; });
+    ctx.req.on('end', () => resolve(data));
+    ctx.req.on('error', reject);
+  });
+}
+
+let backchannelLogouts = 0;
+provider.on('backchannel.success', () => { backchannelLogouts += 1; });
+provider.on('backchannel.error', (ctx, err, client) => {
+  console.log(`back-channel logout to ${client.clientId} failed: ${err.message}`);
+});
+
 let introspections = 0;
 let tokenEndpointDown = false;
+let refuseRefresh = false;
+let lastTapped = null;
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/test/refresh/refuse' || ctx.path === '/test/refresh/allow') {
+    refuseRefresh = ctx.path.endsWith('/refuse');
+    ctx.body = { refusing: refuseRefresh };
+    return;
+  }
+  if (ctx.path === '/test/tap/last') {
+    ctx.body = { body: lastTapped };
+    return;
+  }
+  if (ctx.path === '/test/tap') {
+    lastTapped = await readBody(ctx);
+    const answer = await fetch(ctx.query.to, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: lastTapped,
+    });
+    ctx.status = answer.status;
+    ctx.body = await answer.text();
+    return;
+  }
+  if (ctx.path === '/token' && refuseRefresh) {
+    ctx.status = 400;
+    ctx.body = { error: 'invalid_grant', error_description: 'grant revoked' };
+    return;
+  }
+  if (ctx.path.startsWith('/interaction/')) {
+    await interaction(ctx);
+    return;
+  }
+  if (ctx.path === '/test/backchannel-logouts') {
+    ctx.body = { count: backchannelLogouts };
+    return;
+  }
   if (ctx.path === '/test/introspections') {
     ctx.body = { count: introspections };
     return;
