@@ -154,6 +154,14 @@ static WEBSOCKETS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
+static WEBSOCKET_EXPIRY_CLOSE_DELAY: Lazy<Histogram> = Lazy::new(|| {
+    histogram(
+        "websocket_expiry_close_delay_seconds",
+        "From a WebSocket's token expiry to the gateway's Close frame (4001) written to the client.",
+        &[0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0],
+    )
+});
+
 static WEBSOCKETS_CLOSED: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "websockets_closed_total",
@@ -431,7 +439,7 @@ static SESSION_REVOCATIONS: Lazy<IntCounterVec> = Lazy::new(|| {
 static BROWSER_SESSIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter_vec(
         "browser_sessions_total",
-        "Browser session events: login (ok, refused, error), refresh (ok, refused, error), \
+        "Browser session events: login (ok, refused, denied, error), refresh (ok, refused, error), \
          end (logout, backchannel, admin, refresh_refused, expired).",
         &["event", "result"],
     )
@@ -540,6 +548,11 @@ pub fn rate_limit_evictions(table: &str) -> IntCounter {
 
 pub fn websockets_open() -> &'static IntGauge {
     &WEBSOCKETS_OPEN
+}
+
+/// A WebSocket closed at its token's expiry: how long after it the client was told.
+pub fn websocket_expiry_close_delay(took: Duration) {
+    WEBSOCKET_EXPIRY_CLOSE_DELAY.observe(took.as_secs_f64());
 }
 
 pub fn websocket_closed(reason: &str) {

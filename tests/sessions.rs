@@ -253,12 +253,13 @@ respond = {{ body = "signed out" }}
 /// A port for a gateway, and its admin listener's, apart from any other test's.
 fn port_pair() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
-    // Ports handed out by the kernel come close together; these pairs are taken from a
-    // range of their own, two apart, so no test's admin port is another's gateway port.
+    // Ports handed out by the kernel come close together; these pairs are taken below its
+    // ephemeral range (32768 and up), two apart, so no test's admin port is another's
+    // gateway port and no provider or upstream is given one of them.
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        30000 + (std::process::id() % 500) as u16 * 20,
+        20000 + (std::process::id() % 500) as u16 * 20,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );

@@ -273,8 +273,10 @@ impl<'a> Relay<'a> {
             backend_clean: client.forwarded_boundary() && to_backend.is_empty() && !unflushed,
         };
         metrics::websocket_closed(ending.label());
+        // For an expiry, how late the client hears of it.
+        let expired_at = self.deadline().filter(|_| ending == Ending::Expired);
         if let Some((code, reason)) = ending.close() {
-            self.close(session, &mut up_write, sides, code, reason)
+            self.close(session, &mut up_write, sides, (code, reason), expired_at)
                 .await;
         }
         ending
@@ -332,24 +334,32 @@ impl<'a> Relay<'a> {
 
     /// The gateway's side of the closing handshake: a Close frame to each side that is at a
     /// frame boundary, then a bounded wait for the client's answer and the backend's close.
+    /// `expired_at`: the token's expiry, when that is why.
     async fn close(
         &self,
         session: &mut Session,
         up_write: &mut (impl AsyncWriteExt + Unpin),
         sides: Sides,
-        code: u16,
-        reason: &str,
+        (code, reason): (u16, &str),
+        expired_at: Option<Instant>,
     ) {
-        let to_client = async {
-            if !sides.client_clean {
-                return;
-            }
+        let limit = self.settings.close_timeout;
+        // The client is told first, then this task steps aside: when many tokens expire in
+        // the same second, every client hears of it before any connection's slower work with
+        // the backend is done.
+        let told = sides.client_clean && {
             let frame = frame::close(code, reason, None).freeze();
-            if session
-                .write_response_body(Some(frame), false)
-                .await
-                .is_err()
-            {
+            let written =
+                tokio::time::timeout(limit, session.write_response_body(Some(frame), false));
+            let written = written.await;
+            matches!(written, Ok(Ok(())))
+        };
+        if let (true, Some(at)) = (told, expired_at) {
+            metrics::websocket_expiry_close_delay(at.elapsed());
+        }
+        tokio::task::yield_now().await;
+        let to_client = async {
+            if !told {
                 return;
             }
             // Until the client's Close frame (or its hang-up); data still in flight is dropped.
@@ -373,10 +383,7 @@ impl<'a> Relay<'a> {
             }
             let _ = up_write.shutdown().await;
         };
-        let _ = tokio::time::timeout(self.settings.close_timeout, async {
-            tokio::join!(to_client, to_backend)
-        })
-        .await;
+        let _ = tokio::time::timeout(limit, async { tokio::join!(to_client, to_backend) }).await;
     }
 }
 
