@@ -360,6 +360,8 @@ async fn login_session_refresh_and_logout_at_the_gateway() {
     // The whole login, back to the page asked for, with its query.
     let landed = browser.log_in(&page, "alice").await;
     assert_eq!(landed.status, 200, "{}", landed.body);
+    let auth = common::get(&format!("{}/test/token-auth/last", provider.issuer), None).await;
+    assert_eq!(auth.json()["basic"], true, "client_secret_basic");
     let seen = landed.json();
     assert_eq!(seen["path"], "/app/desk?tab=2");
     assert_eq!(seen["headers"]["x-user-id"][0], "alice", "{seen}");
@@ -953,4 +955,37 @@ async fn a_client_authenticating_with_private_key_jwt_logs_in() {
     let landed = browser.log_in(&gw.url("/app/desk"), "grace").await;
     assert_eq!(landed.status, 200, "{}", landed.body);
     assert_eq!(landed.json()["headers"]["x-user-id"][0], "grace");
+}
+
+#[tokio::test]
+async fn a_client_authenticating_with_client_secret_post_logs_in() {
+    let provider = Provider::start();
+    let echo = Echo::start();
+    let port = port_pair();
+    let body = serde_json::json!({
+        "redirect_uris": [format!("http://127.0.0.1:{port}/auth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_post",
+    });
+    let reg = provider.register(&body).await;
+    let client = Client {
+        id: reg["client_id"].as_str().expect("client_id").into(),
+        secret: reg["client_secret"].as_str().expect("client_secret").into(),
+    };
+    // The provider takes the secret in the form or in Basic alike: it tells which it got.
+    let text = config(
+        &provider,
+        &echo,
+        &client,
+        port,
+        "auth_method = \"client_secret_post\"",
+    );
+    let gw = start(port, &text, &client);
+    let mut browser = Browser::new();
+    let landed = browser.log_in(&gw.url("/app/desk"), "heidi").await;
+    assert_eq!(landed.status, 200, "{}", landed.body);
+    assert_eq!(landed.json()["headers"]["x-user-id"][0], "heidi");
+    let auth = common::get(&format!("{}/test/token-auth/last", provider.issuer), None).await;
+    assert_eq!(auth.json()["basic"], false, "the secret went in the form");
 }

@@ -14,6 +14,8 @@
 // password) that grants the client openid, offline_access and the API's scopes at once.
 // GET /test/backchannel-logouts answers how many logout tokens were delivered.
 // POST /test/refresh/refuse and /allow make refresh grants fail with invalid_grant or not.
+// GET /test/token-auth/last says whether the last token request authenticated with HTTP Basic
+// (the provider takes a secret in the form or in Basic alike).
 // A client whose back-channel logout URI is /test/tap?to=URL has its logout tokens delivered
 // through the provider itself, which keeps the last one (GET /test/tap/last) for replay tests.
 import Provider, { errors } from 'oidc-provider';
@@ -195,7 +197,15 @@ let introspections = 0;
 let tokenEndpointDown = false;
 let refuseRefresh = false;
 let lastTapped = null;
+let lastTokenAuth = null;
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/token') {
+    lastTokenAuth = { basic: (ctx.headers.authorization ?? '').toLowerCase().startsWith('basic ') };
+  }
+  if (ctx.path === '/test/token-auth/last') {
+    ctx.body = lastTokenAuth ?? {};
+    return;
+  }
   if (ctx.path === '/test/refresh/refuse' || ctx.path === '/test/refresh/allow') {
     refuseRefresh = ctx.path.endsWith('/refuse');
     ctx.body = { refusing: refuseRefresh };
