@@ -21,7 +21,9 @@
 # first. Runs are interleaved in rounds so that machine noise hits all alike; medians are
 # reported with min–max, and CPU microseconds per request from the contender's own CPU time.
 # A last phase measures Portcullis' valid throughput with 1,000 invalid tokens per second
-# mixed in. PROFILE=1 adds a perf profile of Portcullis under load.
+# mixed in, and, as its control, with as many requests that carry no token and are answered
+# by the gateway itself (the cheapest request it serves). PROFILE=1 adds a perf profile of
+# Portcullis under load.
 #
 # Results: benches/results/compare.{tsv,md,png}.
 set -euo pipefail
@@ -63,6 +65,13 @@ head -1 "$TMP/es-many.txt" > "$TMP/es-one.txt"
 for f in rs-many rs-one es-many es-one bad-many; do lua_tokens "$TMP/$f.txt"; done
 # The flood: ten connections, each sending one invalid token every 10 ms.
 sed 's/^local i = 0$/local i = 0\ndelay = function() return 10 end/' "$TMP/bad-many.lua" > "$TMP/flood.lua"
+# Its control: the same connections and pace, to a public route the gateway answers itself.
+sed 's#"/bench"#"/cheap"#' "$TMP/flood.lua" > "$TMP/cheapflood.lua"
+CHEAP_ROUTE='
+[[routes]]
+path = "/cheap"
+access = "public"
+respond = { status = 401, body = "no token" }'
 
 # --- the upstream, on CPU 1 -----------------------------------------------------------------
 BODY=$(printf 'x%.0s' $(seq 99))
@@ -153,10 +162,10 @@ wrk_on() { # PORT SCRIPT SECONDS CONNECTIONS: prints "requests µs errors p50µs
   taskset -c 1 wrk -t1 -c"$4" -d"$3"s -s "$TMP/$2.lua" "http://127.0.0.1:$1/bench" 2>&1 >/dev/null |
     sed -n 's/^RESULT //p'
 }
-measure() { # THREADS ROUND NAME SCRIPT [flood]: appends one line to the results
+measure() { # THREADS ROUND NAME SCRIPT [flood|cheapflood]: appends one line to the results
   local name=$3 before after flood_pid="" r
-  if [ "${5:-}" = flood ]; then
-    wrk_on "${PORT[$name]}" flood $((SECS + 2)) 10 > "$TMP/flood.out" & flood_pid=$!
+  if [ -n "${5:-}" ]; then
+    wrk_on "${PORT[$name]}" "$5" $((SECS + 2)) 10 > "$TMP/flood.out" & flood_pid=$!
     sleep 1
   fi
   before=$(cpu_ticks "${PID[$name]}")
@@ -168,9 +177,9 @@ measure() { # THREADS ROUND NAME SCRIPT [flood]: appends one line to the results
   local label=$name
   if [ -n "$flood_pid" ]; then
     read -r freqs fdur ferrs _ <<< "$(cat "$TMP/flood.out")"
-    [ "$ferrs" = "$freqs" ] || { echo "flood: $ferrs of $freqs invalid requests refused" >&2; exit 1; }
-    label="$name+flood"
-    awk -v q="$freqs" -v d="$fdur" 'BEGIN { printf "flood: %.0f invalid requests/s, all refused\n", q * 1e6 / d }' >&2
+    [ "$ferrs" = "$freqs" ] || { echo "$5: $ferrs of $freqs requests refused" >&2; exit 1; }
+    label="$name+$5"
+    awk -v f="$5" -v q="$freqs" -v d="$fdur" 'BEGIN { printf "%s: %.0f requests/s, all refused\n", f, q * 1e6 / d }' >&2
   fi
   awk -v t="$1" -v r="$2" -v n="$label" -v s="$4" -v q="$reqs" -v d="$dur" -v a="$p50" -v b="$p99" \
     -v c=$((after - before)) -v k="$TICK" 'BEGIN {
@@ -196,7 +205,7 @@ for T in $THREAD_COUNTS; do
   P=$(port); start pingora "$P" "$PASSTHROUGH" "127.0.0.1:$P" "127.0.0.1:$UP" "$T"
   P=$(port); portcullis_conf "off-$T" "$T" "$P" public ""
   start portcullis-off "$P" "$BIN" run -c "$TMP/off-$T.toml"
-  P=$(port); portcullis_conf "full-$T" "$T" "$P" authenticated "$FULL_POLICY"
+  P=$(port); portcullis_conf "full-$T" "$T" "$P" authenticated "$FULL_POLICY$CHEAP_ROUTE"
   start portcullis "$P" "$BIN" run -c "$TMP/full-$T.toml"
   PORT[portcullis-es]=$P; PID[portcullis-es]=${PID[portcullis]}
   for name in upstream nginx haproxy-jwt pingora portcullis-off portcullis; do wait_port "${PORT[$name]}"; done
@@ -216,8 +225,11 @@ for T in $THREAD_COUNTS; do
   done
   for round in $(seq "$ROUNDS"); do
     for run in "${RUNS[@]}"; do measure "$T" "$round" $run; done
-    # Valid traffic with and without a flood of invalid tokens, back to back.
-    if [ "$T" = 1 ]; then measure "$T" "$round" portcullis rs-many flood; fi
+    # Valid traffic with a flood of invalid tokens, and with its control, back to back.
+    if [ "$T" = 1 ]; then
+      measure "$T" "$round" portcullis rs-many flood
+      measure "$T" "$round" portcullis rs-many cheapflood
+    fi
   done
 
   if [ "${PROFILE:-0}" = 1 ]; then

@@ -1,12 +1,14 @@
 //! Many idle WebSockets through one gateway process, each closed when its token expires.
 //!
-//! Opens N connections (default 10,000; `WS_CONNECTIONS`) through the release gateway to an
+//! Opens N connections (default 100,000; `WS_CONNECTIONS`) through the release gateway to an
 //! in-process echo backend, with tokens whose expiries are spread over 20 seconds, then
 //! reports the gateway's resident memory per connection, its CPU while they sit idle (against
 //! the same process idle with no connection, measured in this run), and the distribution of
 //! (Close frame received − token expiry) over all of them.
 //!
-//! Run through `benches/websocket_idle.sh`, which raises the open-file limit first.
+//! Run through `benches/websocket_idle.sh`, which raises the open-file limit first. Beyond
+//! 20,000 connections (`WS_PER_ADDRESS`), clients and backend spread over several loopback
+//! addresses, so that 100,000 fit the ephemeral ports.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -66,8 +68,16 @@ async fn cpu_share(pid: u32, window: Duration) -> f64 {
 
 /// The echo backend, run in a process of its own (this binary again): with the clients in
 /// the same process, the descriptors would not fit one process's limit.
-async fn echo_backend(port: u16) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+async fn echo_backend(port: u16, addresses: usize) {
+    let mut accepting = tokio::task::JoinSet::new();
+    for a in 0..addresses {
+        let listener = TcpListener::bind((address(a), port)).await.expect("bind");
+        accepting.spawn(echo_on(listener));
+    }
+    while accepting.join_next().await.is_some() {}
+}
+
+async fn echo_on(listener: TcpListener) {
     {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -82,6 +92,22 @@ async fn echo_backend(port: u16) {
             });
         }
     }
+}
+
+/// Connections per loopback address: one address has about 28,000 ephemeral ports towards
+/// one destination, so larger runs spread clients, and the gateway's backend connections,
+/// over 127.0.0.1, 127.0.0.2, ...
+fn per_address() -> usize {
+    std::env::var("WS_PER_ADDRESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&p| p > 0)
+        .unwrap_or(20_000)
+}
+
+fn address(k: usize) -> std::net::Ipv4Addr {
+    let k = k as u32 + 1;
+    std::net::Ipv4Addr::new(127, 0, (k >> 8) as u8, k as u8)
 }
 
 fn free_port() -> u16 {
@@ -115,7 +141,11 @@ async fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
     {
-        return echo_backend(port).await;
+        let addresses = std::env::var("WS_BENCH_ADDRESSES")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(1);
+        return echo_backend(port, addresses).await;
     }
     // `cargo test --all-targets` runs this target too, without `--bench`: nothing to do then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -125,12 +155,14 @@ async fn main() {
     let n: usize = std::env::var("WS_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(100_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("tempdir");
+    let addresses = n.div_ceil(per_address()).max(1);
     let backend = free_port();
     let mut backend_proc = Command::new(std::env::current_exe().expect("this binary"))
         .env("WS_BENCH_BACKEND", backend.to_string())
+        .env("WS_BENCH_ADDRESSES", addresses.to_string())
         .spawn()
         .expect("start the backend");
     wait_port(backend);
@@ -161,7 +193,7 @@ jwks_file = "{f}/rsa-1.jwks.json"
 clock_skew = "0s"
 
 [upstreams.push]
-targets = ["127.0.0.1:{backend}"]
+targets = [{targets}]
 
 [[routes]]
 path = "/ws"
@@ -173,6 +205,10 @@ upstream = "push"
         d = dir.path().display(),
         f = fixtures.display(),
         cap = n + 100,
+        targets = (0..addresses)
+            .map(|a| format!("\"{}:{backend}\"", address(a)))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     let conf = dir.path().join("gateway.toml");
     std::fs::write(&conf, config).expect("write config");
@@ -237,7 +273,21 @@ upstream = "push"
             let bearer = format!("Bearer {token}").parse().ok()?;
             req.headers_mut().insert("authorization", bearer);
             let permit = gate.acquire_owned().await.ok()?;
-            let connected = tokio_tungstenite::connect_async(req).await;
+            let connected = async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                let from = i / per_address();
+                // The first address is the kernel's own choice, with ports picked at connect
+                // time: bound ports can not be shared with earlier runs' TIME_WAIT sockets.
+                if from > 0 {
+                    socket.set_reuseaddr(true)?;
+                    socket.bind((address(from), 0).into())?;
+                }
+                let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
+                tokio_tungstenite::client_async(req, stream)
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+            .await;
             drop(permit);
             let _ = opened.send(connected.is_ok()).await;
             let (mut ws, _) = connected.ok()?;
@@ -283,7 +333,10 @@ upstream = "push"
     }
 
     let per_conn = (rss_open.saturating_sub(rss_before)) as f64 / n.max(1) as f64;
-    println!("websocket_idle: {n} connections through one gateway process (2 threads)");
+    println!(
+        "websocket_idle: {n} connections through one gateway process (2 threads), \
+         from {addresses} client address(es) to as many backend addresses"
+    );
     println!(
         "  opened in {:.1} s ({failed} failed); first expiry {left:.1} s after the idle measurement",
         open_time.as_secs_f64()

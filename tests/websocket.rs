@@ -286,15 +286,31 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
 async fn an_idle_websocket_is_closed_at_expiry_with_identity_forwarded() {
     let backend = Backend::start().await;
     let admin = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
     let gw = Gateway::start(&config(
         backend.port,
-        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\naccess_log = \"{}\"\n",
+            access.display()
+        ),
     ));
     let token = user_token("alice", "agency-7", "2s");
     let exp = exp_of(&token);
     let mut ws = open(&gw, &token).await;
     round_trip(&mut ws, "hello").await;
     assert_eq!(metric(admin, "portcullis_websockets_open").await, 1.0);
+    // The relay runs apart from the connection's HTTP handling, and the connection still
+    // holds its place under max_connections.
+    let clients = format!(
+        "portcullis_client_connections{{listener=\"127.0.0.1:{}\"}}",
+        gw.port
+    );
+    assert_eq!(metric(admin, &clients).await, 1.0);
+    assert!(
+        common::json_lines(&access).is_empty(),
+        "a WebSocket is logged when it ends"
+    );
 
     let seen = backend.last();
     assert_eq!(seen.header("x-user-id"), Some("alice"));
@@ -320,6 +336,29 @@ async fn an_idle_websocket_is_closed_at_expiry_with_identity_forwarded() {
         1.0
     );
     assert_eq!(metric(admin, "portcullis_websockets_open").await, 0.0);
+    assert_eq!(metric(admin, &clients).await, 0.0);
+    // One access line for the whole connection: its status, life and bytes to the client
+    // (the echo and the Close frame).
+    wait_for(
+        || !common::json_lines(&access).is_empty(),
+        "the access line",
+    )
+    .await;
+    let lines = common::json_lines(&access);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(
+        (line["status"].as_u64(), line["path"].as_str()),
+        (Some(101), Some("/ws"))
+    );
+    assert_eq!(line["subject"], "alice");
+    let lived = line["duration_ms"].as_f64().unwrap_or(0.0);
+    assert!(lived > 1000.0, "logged a life of {lived} ms");
+    let sent = line["bytes_sent"].as_u64().unwrap_or(0);
+    assert!(
+        sent >= ("hello".len() + 2 + 2 + 2 + "token expired".len()) as u64,
+        "{sent}"
+    );
 }
 
 #[tokio::test]
@@ -597,6 +636,62 @@ async fn eviction_ends_a_subjects_websockets_on_every_instance() {
     assert_eq!(get.status(), 405);
 }
 
+/// A client may send its first frames in the same packet as the upgrade request: they reach
+/// the backend once the relay has the connection, and the echo comes back.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let gw = Gateway::start(&config(backend.port, ""));
+    let token = user_token("alice", "agency-7", "1h");
+    let mut wire = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        gw.port
+    )
+    .into_bytes();
+    // A masked text frame "early", then a masked Close 1000.
+    let mask = [1u8, 2, 3, 4];
+    let masked = |payload: &[u8]| -> Vec<u8> {
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect()
+    };
+    wire.extend([0x81, 0x80 | 5]);
+    wire.extend(mask);
+    wire.extend(masked(b"early"));
+    let mut stream = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    stream.write_all(&wire).await.unwrap();
+
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            // The 101, then the unmasked echo: 0x81 0x05 "early".
+            if got.windows(7).any(|w| w == b"\x81\x05early") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the echo within 5 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(
+        got.windows(7).any(|w| w == b"\x81\x05early"),
+        "no echo of the frame sent with the request: {text:?}"
+    );
+}
+
 #[tokio::test]
 async fn frames_pass_through_intact() {
     let backend = Backend::start().await;
@@ -712,6 +807,50 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
         "the renewal reached the backend: {seen}"
     );
     assert_eq!(seen.lines().count(), 3, "{seen}");
+}
+
+/// Over a TLS listener the relay reads and writes through TLS, large messages included,
+/// and closes at expiry as over plain TCP.
+#[tokio::test]
+async fn a_websocket_over_tls_relays_and_closes_at_expiry() {
+    let pki = common::Pki::new();
+    let backend = Backend::start().await;
+    let tls_port = free_port();
+    let gw = Gateway::start(&config(
+        backend.port,
+        &format!(
+            "[server.tls]\nlisten = [\"127.0.0.1:{tls_port}\"]\n\
+             certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n",
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
+    ));
+    common::wait_for_port(tls_port, "the TLS listener");
+    let token = user_token("alice", "agency-7", "3s");
+    let url = format!("wss://localhost:{tls_port}/ws");
+    let ca = pki.path("ca.pem");
+    let script = common::repo_path("tests/support/ws_fixture.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::debian_python())
+            .arg(&script)
+            .args(["tls", &url, &token, &ca])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run the python client");
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["big_echoed"], true, "{report}");
+    assert_eq!(report["echo"], "hello");
+    assert_eq!(report["close_code"], 4001);
+    let late = report["closed_after_exp"].as_f64().expect("closed");
+    assert!((0.0..1.0).contains(&late), "closed {late:.3} s after exp");
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 
 use super::admission::host_of;
 use super::context::RequestCtx;
@@ -93,11 +92,16 @@ pub fn decision(req: &RequestHeader, ctx: &RequestCtx, rejection: Option<&Reject
 }
 
 /// The access line of a finished request.
-pub fn access(session: &Session, ctx: &RequestCtx, status: u16, took: Duration) {
+pub fn access(
+    req: &RequestHeader,
+    bytes_sent: usize,
+    ctx: &RequestCtx,
+    status: u16,
+    took: Duration,
+) {
     let Some(log) = &ctx.snapshot.logs.access else {
         return;
     };
-    let req = session.req_header();
     let header =
         |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
     let upstream = ctx
@@ -119,7 +123,7 @@ pub fn access(session: &Session, ctx: &RequestCtx, status: u16, took: Duration) 
         subject: ctx.facts.principal.as_ref().map(|p| p.subject.as_str()),
         // Whole microseconds: `0.15`, not `0.14977100000000002`.
         duration_ms: took.as_micros() as f64 / 1000.0,
-        bytes_sent: session.body_bytes_sent(),
+        bytes_sent,
         user_agent: header(http::header::USER_AGENT),
     });
 }

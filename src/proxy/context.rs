@@ -83,6 +83,9 @@ pub struct RequestCtx {
     pub websocket: Option<Held>,
     /// The request's trace, when `[tracing]` sampled it.
     pub spans: Spans,
+    /// The request went on in a task of its own (see [`RequestCtx::detach`]); this context
+    /// is a stand-in with nothing to account for.
+    pub detached: bool,
 }
 
 impl RequestCtx {
@@ -98,7 +101,18 @@ impl RequestCtx {
             _in_flight: Held::new(metrics::in_flight()),
             websocket: None,
             spans: Spans::default(),
+            detached: false,
         }
+    }
+
+    /// Hands this request's state to a task that serves it beyond Pingora's, leaving a
+    /// stand-in that logs nothing.
+    pub fn detach(&mut self) -> RequestCtx {
+        let stand_in = RequestCtx {
+            detached: true,
+            ..RequestCtx::new(self.snapshot.clone())
+        };
+        std::mem::replace(self, stand_in)
     }
 
     /// Reads who is calling, before admission.

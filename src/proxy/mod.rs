@@ -7,6 +7,7 @@ mod audit;
 mod body;
 mod context;
 mod failure;
+pub mod kept;
 mod resend;
 mod session_endpoint;
 mod spans;
@@ -412,20 +413,28 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let took = ctx.started.elapsed();
-        if let Some(forwarding) = ctx.forwarding.as_mut() {
-            let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
-            forwarding.attempts.finish(upstream);
+        // A WebSocket relayed in a task of its own is accounted for when it ends.
+        if ctx.detached {
+            return;
         }
         // Nobody was answered: the client left first (nginx's 499).
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
-        let req = session.req_header();
-        let route = ctx.facts.route.map(|id| &*ctx.snapshot.router[id].name);
-        metrics::request(route.unwrap_or(""), &req.method, status, took);
-        ctx.spans
-            .finish(&ctx.snapshot, req.method.as_str(), route, status);
-        audit::access(session, ctx, status, took);
+        finished(session.req_header(), status, session.body_bytes_sent(), ctx);
     }
+}
+
+/// Accounts for a finished request: its upstream attempt, metrics, trace and access line.
+fn finished(req: &RequestHeader, status: u16, bytes_sent: usize, ctx: &mut RequestCtx) {
+    let took = ctx.started.elapsed();
+    if let Some(forwarding) = ctx.forwarding.as_mut() {
+        let upstream = &ctx.snapshot.upstreams[forwarding.pass.upstream()];
+        forwarding.attempts.finish(upstream);
+    }
+    let route = ctx.facts.route.map(|id| &*ctx.snapshot.router[id].name);
+    metrics::request(route.unwrap_or(""), &req.method, status, took);
+    ctx.spans
+        .finish(&ctx.snapshot, req.method.as_str(), route, status);
+    audit::access(req, bytes_sent, ctx, status, took);
 }

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 use super::admission::{host_of, token_of, Pass};
 use super::context::{Forwarding, Held, RequestCtx};
 use super::failure::{self, UpstreamFailure};
+use super::kept;
 use super::prepare_upstream_request;
 use crate::authenticate::AuthError;
 use crate::authorize::{self, Forbidden};
@@ -143,8 +145,6 @@ pub async fn serve(
         token: std::sync::Mutex::new(token),
         session: ctx.facts.session.as_ref().map(|s| s.handle.clone()),
     });
-    // Nothing to renew on a public route: every message goes through.
-    let renew = principal.is_some().then_some(&*renewal as &dyn Renew);
     let revoked = recheck.map(|every| {
         let renewal = renewal.clone();
         websocket::watch_revocation(every, move || {
@@ -152,27 +152,55 @@ pub async fn serve(
             async move { renewal.still_active().await }
         })
     });
-    let relay = Relay::new(
-        &snap.websocket,
-        deflate,
-        principal.and_then(|p| clock::instant_of_unix(p.valid_until)),
-        match &renewal.session {
-            Some(handle) => {
-                let key = crate::session::websocket_key(handle.as_str());
-                websockets.register_as(&[&renewal.subject, &key])
-            }
-            None => websockets.register(&renewal.subject),
-        },
-        renew,
-        revoked,
-    );
-    let ending = relay.run(session, backend.into_inner(), first).await;
-    log::debug!(
-        "websocket {} ended: {}",
-        ctx.request_id.to_str().unwrap_or("-"),
-        ending.label()
-    );
+    let ticket = match &renewal.session {
+        Some(handle) => {
+            let key = crate::session::websocket_key(handle.as_str());
+            websockets.register_as(&[&renewal.subject, &key])
+        }
+        None => websockets.register(&renewal.subject),
+    };
+    let deadline = principal.and_then(|p| clock::instant_of_unix(p.valid_until));
+    let renews = principal.is_some();
+
+    let req = access_line(session.req_header())?;
+    // The relay goes on in a task of its own, so that the connection holds only what the
+    // relay needs rather than Pingora's session and this request's future for its whole life.
+    let Some((client, unread)) = session.take_upgraded().await? else {
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "an upgraded connection is not HTTP/1",
+        ));
+    };
+    let kept = kept::take();
+    let mut ctx = ctx.detach();
+    tokio::spawn(async move {
+        let _kept = kept;
+        let snap = ctx.snapshot.clone();
+        // Nothing to renew on a public route: every message goes through.
+        let renew = renews.then_some(&*renewal as &dyn Renew);
+        let relay = Relay::new(&snap.websocket, deflate, deadline, ticket, renew, revoked);
+        let (ending, sent) = relay.run(client, unread, backend.into_inner(), first).await;
+        log::debug!(
+            "websocket {} ended: {}",
+            ctx.request_id.to_str().unwrap_or("-"),
+            ending.label()
+        );
+        super::finished(&req, 101, sent as usize, &mut ctx);
+    });
     Ok(())
+}
+
+/// What the access line reads of an upgrade request, kept for the connection's life instead
+/// of all its headers (the token among them).
+fn access_line(req: &RequestHeader) -> Result<RequestHeader> {
+    let mut line = RequestHeader::build_no_case(req.method.clone(), b"/", Some(2))?;
+    line.set_uri(req.uri.clone());
+    for name in [http::header::HOST, http::header::USER_AGENT] {
+        if let Some(value) = req.headers.get(&name) {
+            line.insert_header(name, value.clone())?;
+        }
+    }
+    Ok(line)
 }
 
 /// Validates the tokens of one WebSocket against the config current at the time: renewal

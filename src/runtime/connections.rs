@@ -17,6 +17,7 @@ use pingora_core::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics;
+use crate::proxy::kept;
 use crate::snapshot::SharedSnapshot;
 
 /// How often, at most, a refusal is logged: a full listener under attack would flood the log.
@@ -127,19 +128,23 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // A socket of no known listener (none today) is served uncounted rather than refused.
-        let _place = match self.listener(&stream) {
+        let place = match self.listener(&stream) {
             Some(listener) => {
                 let max = self.config.load().server.max_connections;
-                Some(listener.enter(max)?)
+                Some(Box::new(listener.enter(max)?) as kept::Kept)
             }
             None => None,
         };
         // The place is held across keep-alive requests, so the whole connection is served
-        // here rather than handed back to Pingora between requests.
-        let mut stream = stream;
-        while let Some(next) = self.inner.process_new(stream, shutdown).await {
-            stream = next;
-        }
+        // here rather than handed back to Pingora between requests; a WebSocket that goes on
+        // in a task of its own takes it along.
+        kept::keeping(place, async {
+            let mut stream = stream;
+            while let Some(next) = self.inner.process_new(stream, shutdown).await {
+                stream = next;
+            }
+        })
+        .await;
         None
     }
 

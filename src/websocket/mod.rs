@@ -20,22 +20,20 @@ pub(crate) mod handshake;
 pub(crate) mod inband;
 pub mod registry;
 
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use pingora_core::protocols::Stream;
-use pingora_proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 use crate::metrics;
 pub use handshake::Settings;
 use inband::{ClientStream, Event};
 use registry::{Order, Ticket};
-
-/// Read buffer for the backend side while messages are small, and once it streams.
-const IDLE_READ: usize = 4 * 1024;
-const BULK_READ: usize = 64 * 1024;
 
 /// How a connection ended, as the metrics count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,123 +161,158 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Relays an upgraded connection until one side ends it or the gateway does. `first` is
-    /// what the backend sent right after its 101.
-    pub async fn run(mut self, session: &mut Session, upstream: Stream, first: Bytes) -> Ending {
-        // The connection lives by its token, not by Pingora's idle read timeout.
-        session.set_read_timeout(None);
+    /// Relays an upgraded connection until one side ends it or the gateway does. `unread`
+    /// is what the client sent along with its upgrade request, `first` what the backend sent
+    /// right after its 101. Returns how it ended and the bytes written to the client.
+    pub async fn run(
+        mut self,
+        client: Stream,
+        unread: Bytes,
+        upstream: Stream,
+        first: Bytes,
+    ) -> (Ending, u64) {
+        let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut up_read, mut up_write) = tokio::io::split(upstream);
-        let shape = self.renew.is_some().then_some(&self.settings.renewal);
+        let settings = self.settings;
+        let shape = self.renew.is_some().then_some(&settings.renewal);
         let mut client = ClientStream::new(shape, self.deflate);
         let mut backend = frame::Position::default();
         let mut to_backend = BytesMut::new();
-        let mut to_client = BytesMut::new();
-        let mut from_backend = BytesMut::with_capacity(IDLE_READ);
         let mut events = Vec::new();
-        let mut unflushed = false;
         // Who sent the first Close frame, when one side starts the closing handshake.
         let mut closing: Option<Ending> = None;
         let mut backend_closes = false;
         backend.feed(&first, |p| backend_closes |= is_close(&p));
-        to_client.extend_from_slice(&first);
+        let mut to_client = first;
+        // Whether the client's stream was at a frame boundary where `to_client` starts, and
+        // whether any of it was written since.
+        let mut chunk_clean = true;
+        let mut chunk_started = false;
+        let mut client_unflushed = false;
+        let mut backend_unflushed = false;
+        let mut sent = 0u64;
+        self.on_client_data(
+            &unread,
+            &mut client,
+            &mut to_backend,
+            &mut events,
+            &mut closing,
+        )
+        .await;
 
-        let mut cut = false;
         let ending = loop {
             if backend_closes {
                 closing.get_or_insert(Ending::Backend);
                 backend_closes = false;
             }
-            if !to_client.is_empty() {
-                let data = to_client.split().freeze();
-                tokio::select! {
-                    biased;
-                    ending = self.ordered() => {
-                        // The write stopped part-way: the client stream is mid-frame.
-                        cut = true;
-                        break ending;
-                    }
-                    written = session.write_response_body(Some(data), false) => {
-                        if written.is_err() {
-                            break Ending::Client;
-                        }
-                    }
-                }
-                continue;
+            if to_backend.is_empty() && to_backend.capacity() > 0 {
+                // Held by every open connection otherwise.
+                to_backend = BytesMut::new();
             }
             tokio::select! {
                 biased;
                 ending = self.ordered() => break ending,
-                read = session.read_request_body(), if to_backend.is_empty() => {
-                    let Ok(Some(data)) = read else {
-                        break closing.unwrap_or(Ending::Client);
-                    };
-                    client.push(&data, &mut to_backend, &mut events);
-                    for event in events.drain(..) {
-                        match event {
-                            Event::Close(_) => {
-                                closing.get_or_insert(Ending::Client);
-                            }
-                            Event::Renewal(token) => {
-                                // Only a connection that takes renewals holds them back.
-                                let Some(renew) = self.renew else { continue };
-                                match renew.renew(&token).await {
-                                    Ok(deadline) => {
-                                        metrics::websocket_renewal("ok");
-                                        self.set_deadline(deadline);
-                                    }
-                                    Err(reason) => {
-                                        metrics::websocket_renewal(reason);
-                                        log::info!("websocket renewal refused: {reason}");
-                                        self.set_deadline(Some(Instant::now()));
-                                        self.rejected = true;
-                                    }
-                                }
-                            }
-                        }
+                // Each side's write and flush share a branch: they need its write half at once.
+                written = write_or_flush(&mut client_write, &to_client),
+                    if client_unflushed || !to_client.is_empty() => match written {
+                    Ok(0) if to_client.is_empty() => client_unflushed = false,
+                    Ok(n) if n > 0 => {
+                        to_client.advance(n);
+                        sent += n as u64;
+                        chunk_started = true;
+                        client_unflushed = true;
                     }
-                }
-                // One branch for both: they need the write half at once.
-                sent = async {
-                    if to_backend.is_empty() {
-                        up_write.flush().await.map(|()| None)
-                    } else {
-                        up_write.write(&to_backend).await.map(Some)
+                    _ => break closing.unwrap_or(Ending::Client),
+                },
+                read = read_arrived(&mut client_read), if to_backend.is_empty() => match read {
+                    Ok(data) if !data.is_empty() => {
+                        self.on_client_data(&data, &mut client, &mut to_backend, &mut events, &mut closing)
+                            .await;
                     }
-                }, if unflushed || !to_backend.is_empty() => match sent {
-                    Ok(None) => unflushed = false,
-                    Ok(Some(n)) if n > 0 => {
-                        let _ = to_backend.split_to(n);
-                        unflushed = true;
+                    _ => break closing.unwrap_or(Ending::Client),
+                },
+                written = write_or_flush(&mut up_write, &to_backend),
+                    if backend_unflushed || !to_backend.is_empty() => match written {
+                    Ok(0) if to_backend.is_empty() => backend_unflushed = false,
+                    Ok(n) if n > 0 => {
+                        to_backend.advance(n);
+                        backend_unflushed = true;
                     }
                     _ => break closing.unwrap_or(Ending::Backend),
                 },
-                read = up_read.read_buf(&mut from_backend) => match read {
-                    Ok(n) if n > 0 => {
-                        let filled = from_backend.len() == from_backend.capacity();
-                        to_client = from_backend.split();
-                        backend.feed(&to_client, |p| backend_closes |= is_close(&p));
-                        // Small while idle (it is held by every open connection), large
-                        // while the backend streams.
-                        if from_backend.capacity() < 1024 {
-                            from_backend.reserve(if filled { BULK_READ } else { IDLE_READ });
-                        }
+                read = read_arrived(&mut up_read), if to_client.is_empty() => match read {
+                    Ok(data) if !data.is_empty() => {
+                        chunk_clean = backend.at_boundary();
+                        chunk_started = false;
+                        backend.feed(&data, |p| backend_closes |= is_close(&p));
+                        to_client = data;
                     }
                     _ => break closing.unwrap_or(Ending::Backend),
                 },
             }
         };
         let sides = Sides {
-            client_clean: !cut && backend.at_boundary(),
-            backend_clean: client.forwarded_boundary() && to_backend.is_empty() && !unflushed,
+            client_clean: if to_client.is_empty() {
+                backend.at_boundary()
+            } else {
+                chunk_clean && !chunk_started
+            },
+            backend_clean: client.forwarded_boundary()
+                && to_backend.is_empty()
+                && !backend_unflushed,
         };
         metrics::websocket_closed(ending.label());
         // For an expiry, how late the client hears of it.
         let expired_at = self.deadline().filter(|_| ending == Ending::Expired);
         if let Some((code, reason)) = ending.close() {
-            self.close(session, &mut up_write, sides, (code, reason), expired_at)
+            sent += self
+                .close(
+                    (&mut client_read, &mut client_write),
+                    &mut up_write,
+                    sides,
+                    (code, reason),
+                    expired_at,
+                )
                 .await;
         }
-        ending
+        let limit = settings.close_timeout;
+        let _ = tokio::time::timeout(limit, client_write.shutdown()).await;
+        (ending, sent)
+    }
+
+    /// Takes what the client sent: renewals are acted on, the rest goes to `to_backend`.
+    async fn on_client_data(
+        &mut self,
+        data: &[u8],
+        client: &mut ClientStream<'_>,
+        to_backend: &mut BytesMut,
+        events: &mut Vec<Event>,
+        closing: &mut Option<Ending>,
+    ) {
+        client.push(data, to_backend, events);
+        for event in events.drain(..) {
+            match event {
+                Event::Close(_) => {
+                    closing.get_or_insert(Ending::Client);
+                }
+                Event::Renewal(token) => {
+                    // Only a connection that takes renewals holds them back.
+                    let Some(renew) = self.renew else { continue };
+                    match renew.renew(&token).await {
+                        Ok(deadline) => {
+                            metrics::websocket_renewal("ok");
+                            self.set_deadline(deadline);
+                        }
+                        Err(reason) => {
+                            metrics::websocket_renewal(reason);
+                            log::info!("websocket renewal refused: {reason}");
+                            self.set_deadline(Some(Instant::now()));
+                            self.rejected = true;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -334,25 +367,27 @@ impl<'a> Relay<'a> {
 
     /// The gateway's side of the closing handshake: a Close frame to each side that is at a
     /// frame boundary, then a bounded wait for the client's answer and the backend's close.
-    /// `expired_at`: the token's expiry, when that is why.
+    /// `expired_at`: the token's expiry, when that is why. Returns the bytes written to the
+    /// client.
     async fn close(
         &self,
-        session: &mut Session,
-        up_write: &mut (impl AsyncWriteExt + Unpin),
+        (client_read, client_write): (&mut ReadHalf<Stream>, &mut WriteHalf<Stream>),
+        up_write: &mut WriteHalf<Stream>,
         sides: Sides,
         (code, reason): (u16, &str),
         expired_at: Option<Instant>,
-    ) {
+    ) -> u64 {
         let limit = self.settings.close_timeout;
         // The client is told first, then this task steps aside: when many tokens expire in
         // the same second, every client hears of it before any connection's slower work with
         // the backend is done.
+        let frame = frame::close(code, reason, None);
         let told = sides.client_clean && {
-            let frame = frame::close(code, reason, None).freeze();
-            let written =
-                tokio::time::timeout(limit, session.write_response_body(Some(frame), false));
-            let written = written.await;
-            matches!(written, Ok(Ok(())))
+            let written = tokio::time::timeout(limit, async {
+                client_write.write_all(&frame).await?;
+                client_write.flush().await
+            });
+            matches!(written.await, Ok(Ok(())))
         };
         if let (true, Some(at)) = (told, expired_at) {
             metrics::websocket_expiry_close_delay(at.elapsed());
@@ -365,7 +400,10 @@ impl<'a> Relay<'a> {
             // Until the client's Close frame (or its hang-up); data still in flight is dropped.
             let mut answer = ClientStream::new(None, false);
             let (mut sink, mut events) = (BytesMut::new(), Vec::new());
-            while let Ok(Some(data)) = session.read_request_body().await {
+            while let Ok(data) = read_arrived(client_read).await {
+                if data.is_empty() {
+                    return;
+                }
                 answer.push(&data, &mut sink, &mut events);
                 sink.clear();
                 if events.iter().any(|e| matches!(e, Event::Close(_))) {
@@ -384,7 +422,47 @@ impl<'a> Relay<'a> {
             let _ = up_write.shutdown().await;
         };
         let _ = tokio::time::timeout(limit, async { tokio::join!(to_client, to_backend) }).await;
+        if told {
+            frame.len() as u64
+        } else {
+            0
+        }
     }
+}
+
+/// One step of sending `pending` on `w`: a write of some of it, or, once it is all written,
+/// a flush (`Ok(0)`).
+async fn write_or_flush(w: &mut WriteHalf<Stream>, pending: &[u8]) -> std::io::Result<usize> {
+    if pending.is_empty() {
+        w.flush().await.map(|()| 0)
+    } else {
+        w.write(pending).await
+    }
+}
+
+/// The largest read; an idle connection holds no read buffer at all (see [`read_arrived`]).
+const READ_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
+
+/// Reads what has arrived on `r` (empty at its end), holding no buffer while nothing has:
+/// the read waits with this thread's scratch buffer, and only the bytes that came are copied
+/// out. Most open WebSockets are idle most of the time, each with a read pending on both
+/// sides, so the buffers they would hold are most of their memory.
+async fn read_arrived(r: &mut ReadHalf<Stream>) -> std::io::Result<Bytes> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *r).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled()))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
 }
 
 fn is_close(piece: &frame::Piece<'_>) -> bool {

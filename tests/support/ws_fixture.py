@@ -7,10 +7,14 @@
       connects with TOKEN, renews in-band with RENEWED_TOKEN (compressed, split into
       fragments), keeps talking past TOKEN's expiry and waits for the gateway's Close;
       prints a JSON report
+  ws_fixture.py tls URL TOKEN CA_FILE
+      connects over TLS trusting CA_FILE, has a large and a small message echoed, then
+      waits for the gateway's Close; prints a JSON report
 """
 import asyncio
 import base64
 import json
+import ssl
 import sys
 import time
 
@@ -66,12 +70,32 @@ async def renew(url, token, renewed):
     print(json.dumps(report))
 
 
+async def tls(url, token, ca_file):
+    report = {}
+    context = ssl.create_default_context(cafile=ca_file)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with websockets.connect(url, ssl=context, extra_headers=headers, max_size=None) as ws:
+        big = bytes(i * 7 % 251 for i in range(300_000))
+        await ws.send(big)
+        report["big_echoed"] = await asyncio.wait_for(ws.recv(), 5) == big
+        await ws.send("hello")
+        report["echo"] = await asyncio.wait_for(ws.recv(), 5)
+        try:
+            await asyncio.wait_for(ws.recv(), exp_of(token) - time.time() + 5)
+        except websockets.ConnectionClosed as closed:
+            report["close_code"] = closed.rcvd.code if closed.rcvd else None
+            report["closed_after_exp"] = time.time() - exp_of(token)
+    print(json.dumps(report))
+
+
 def main():
     mode = sys.argv[1]
     if mode == "server":
         asyncio.run(server(int(sys.argv[2]), sys.argv[3]))
     elif mode == "renew":
         asyncio.run(renew(sys.argv[2], sys.argv[3], sys.argv[4]))
+    elif mode == "tls":
+        asyncio.run(tls(sys.argv[2], sys.argv[3], sys.argv[4]))
     else:
         sys.exit(f"unknown mode {mode}")
 

@@ -813,6 +813,15 @@ impl Session {
         }
     }
 
+    /// Take the client connection out of an upgraded HTTP/1 session, with the bytes already
+    /// read past the request header. See [`SessionV1::take_upgraded`].
+    pub async fn take_upgraded(&mut self) -> Result<Option<(Stream, Bytes)>> {
+        match self {
+            Self::H1(s) => s.take_upgraded().await,
+            Self::H2(_) | Self::Subrequest(_) | Self::Custom(_) => Ok(None),
+        }
+    }
+
     /// Whether this session was fully upgraded (completed Upgrade handshake).
     pub fn was_upgraded(&self) -> bool {
         match self {

@@ -623,6 +623,26 @@ impl Stream {
         }
     }
 
+    /// Drop the read and write buffers, for a connection that will mostly sit idle with a
+    /// read pending (an upgraded one, relayed with buffers of its own): what the read buffer
+    /// held is read first. Only once the write buffer is flushed; until then they stay.
+    pub fn release_buffers(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        if !stream.writer().buffer().is_empty() {
+            self.stream = Some(stream);
+            return;
+        }
+        if let BufferedStream::BufferedRead(reader) = &stream {
+            // Read after anything rewound: rewound data is put back in front of the buffer.
+            if !reader.buffer().is_empty() {
+                self.rewind_read_buf.insert(0, reader.buffer().to_vec());
+            }
+        }
+        self.stream = Some(BufferedStream::with_capacity(0, 0, stream.into_inner()));
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {

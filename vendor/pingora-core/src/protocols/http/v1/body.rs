@@ -29,8 +29,6 @@ use crate::utils::BufRef;
 
 // TODO: make this dynamically adjusted
 const BODY_BUFFER_SIZE: usize = 1024 * 64;
-/// The read size of an upgraded downstream connection while little arrives.
-const IDLE_READ_SIZE: usize = 1024 * 2;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -153,8 +151,6 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
-    /// Whether the last close-delimited read filled its buffer: data is streaming.
-    streaming: bool,
 }
 
 impl BodyReader {
@@ -166,7 +162,6 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
-            streaming: false,
         }
     }
 
@@ -305,6 +300,19 @@ impl BodyReader {
             self.prepare_owned_buf(extra);
         } // if rewind_buf_len is not 0, body read has not yet been polled
         self.body_state = PS::UntilClose(0);
+    }
+
+    /// Take the bytes read from the connection and not yet returned as body (what arrived
+    /// along with the header), leaving none to rewind.
+    pub fn take_unread(&mut self) -> Bytes {
+        let n = std::mem::take(&mut self.rewind_buf_len);
+        match self.body_buf.take() {
+            Some(mut buf) if n > 0 => {
+                buf.truncate(n);
+                buf.freeze()
+            }
+            _ => Bytes::new(),
+        }
     }
 
     pub fn get_body(&self, buf_ref: &BufRef) -> &[u8] {
@@ -467,29 +475,13 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            // Downstream, a close-delimited body is an upgraded connection (a WebSocket),
-            // often idle for hours with a read pending. Its buffer follows the traffic: small
-            // while little arrives, the full size once a read fills it, so an idle connection
-            // holds IDLE_READ_SIZE bytes rather than body_buf_size.
-            let read_size = if self.upstream || self.streaming {
-                self.body_buf_size
-            } else {
-                IDLE_READ_SIZE.min(self.body_buf_size)
-            };
-            if self
-                .body_buf
-                .as_ref()
-                .is_some_and(|b| b.capacity() > read_size * 2)
-            {
-                self.body_buf = Some(BytesMut::new());
-            }
+            let read_size = self.body_buf_size;
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
-            self.streaming = n == read_size;
         }
         match self.body_state {
             PS::UntilClose(read) => {

@@ -14,6 +14,7 @@
 
 //! HTTP/1.x server session
 
+use async_trait::async_trait;
 use bstr::ByteSlice;
 use bytes::Bytes;
 use bytes::{BufMut, BytesMut};
@@ -29,6 +30,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -1752,7 +1754,119 @@ impl HttpSession {
     pub fn into_inner(self) -> Stream {
         self.underlying_stream
     }
+
+    /// Take the client connection out of an upgraded session, with the bytes already read
+    /// from it past the request header, so that the caller can serve it apart from this
+    /// session (in a task of its own, without the session's buffers and future). The
+    /// stream is flushed and comes without its L4 read and write buffers: an upgraded
+    /// connection mostly sits idle with a read pending. The session is left with a closed
+    /// stream and will not be reused. `None` unless the session was upgraded.
+    pub async fn take_upgraded(&mut self) -> Result<Option<(Stream, Bytes)>> {
+        if !self.upgraded {
+            return Ok(None);
+        }
+        self.underlying_stream
+            .flush()
+            .await
+            .or_err(WriteError, "flushing an upgraded connection")?;
+        self.init_body_reader();
+        let unread = self.body_reader.take_unread();
+        self.set_keepalive(None);
+        let mut stream = std::mem::replace(&mut self.underlying_stream, Box::new(Detached));
+        release_buffers(&mut stream);
+        Ok(Some((stream, unread)))
+    }
 }
+
+/// Drops the L4 buffers of a plain connection, or of the one under TLS.
+fn release_buffers(stream: &mut Stream) {
+    use crate::protocols::l4::stream::Stream as L4Stream;
+    let any = stream.as_any_mut();
+    if any.is::<L4Stream>() {
+        if let Some(plain) = any.downcast_mut::<L4Stream>() {
+            plain.release_buffers();
+        }
+        return;
+    }
+    #[cfg(feature = "rustls")]
+    if let Some(tls) = any.downcast_mut::<crate::protocols::tls::TlsStream<L4Stream>>() {
+        if let Some(plain) = tls.transport_mut() {
+            plain.release_buffers();
+        }
+    }
+}
+
+/// What an [`HttpSession`] holds once its connection was taken out with
+/// [`HttpSession::take_upgraded`]: a stream at its end.
+#[derive(Debug)]
+struct Detached;
+
+impl tokio::io::AsyncRead for Detached {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Detached {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        _buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl crate::protocols::Shutdown for Detached {
+    async fn shutdown(&mut self) {}
+}
+
+impl crate::protocols::UniqueID for Detached {
+    fn id(&self) -> crate::protocols::UniqueIDType {
+        0
+    }
+}
+
+impl crate::protocols::Ssl for Detached {}
+
+impl crate::protocols::GetTimingDigest for Detached {
+    fn get_timing_digest(&self) -> Vec<Option<crate::protocols::TimingDigest>> {
+        vec![]
+    }
+}
+
+impl crate::protocols::GetProxyDigest for Detached {
+    fn get_proxy_digest(&self) -> Option<Arc<crate::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl crate::protocols::GetSocketDigest for Detached {
+    fn get_socket_digest(&self) -> Option<Arc<crate::protocols::SocketDigest>> {
+        None
+    }
+}
+
+impl crate::protocols::Peek for Detached {}
 
 // Regex to parse request line that has illegal chars in it
 static REQUEST_LINE_REGEX: Lazy<Regex> =

@@ -51,6 +51,13 @@ pub struct TlsStream<T> {
     timing: TimingDigest,
 }
 
+impl<T> TlsStream<T> {
+    /// The transport under an established TLS connection.
+    pub(crate) fn transport_mut(&mut self) -> Option<&mut T> {
+        self.tls.stream.as_mut().map(|s| s.get_mut().0)
+    }
+}
+
 impl<T> TlsStream<T>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send,
