@@ -753,13 +753,34 @@ async fn frames_pass_through_intact() {
     assert_eq!((code, reason.as_str()), (1000, "bye"));
 }
 
+/// Runs a client of `tests/support/ws_fixture.py` with `args`; returns its JSON report.
+/// `context` is shown with a failure.
+async fn python_client<const N: usize>(args: [&str; N], context: String) -> serde_json::Value {
+    let script = common::repo_path("tests/support/ws_fixture.py");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::debian_python())
+            .arg(&script)
+            .args(&args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run the python client");
+    assert!(
+        out.status.success(),
+        "python client failed: {}\n{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
 #[tokio::test]
 async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("backend.log");
-    let script = common::repo_path("tests/support/ws_fixture.py");
-    let server_script = script.clone();
+    let server_script = common::repo_path("tests/support/ws_fixture.py");
     let _server = common::Proc(
         std::process::Command::new(common::debian_python())
             .arg(&server_script)
@@ -773,21 +794,7 @@ async fn renewal_works_with_permessage_deflate_from_a_python_client() {
     let first = user_token("alice", "agency-7", "2s");
     let second = user_token("alice", "agency-7", "4s");
     let url = format!("ws://127.0.0.1:{}/ws", gw.port);
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::debian_python())
-            .arg(&script)
-            .args(["renew", &url, &first, &second])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run the python client");
-    assert!(
-        out.status.success(),
-        "python client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = python_client(["renew", &url, &first, &second], String::new()).await;
     let extensions = report["extensions"].as_str().unwrap_or_default();
     assert!(
         extensions.contains("permessage-deflate")
@@ -829,23 +836,7 @@ async fn a_websocket_over_tls_relays_and_closes_at_expiry() {
     let token = user_token("alice", "agency-7", "3s");
     let url = format!("wss://localhost:{tls_port}/ws");
     let ca = pki.path("ca.pem");
-    let script = common::repo_path("tests/support/ws_fixture.py");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::debian_python())
-            .arg(&script)
-            .args(["tls", &url, &token, &ca])
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run the python client");
-    assert!(
-        out.status.success(),
-        "python client failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let report = python_client(["tls", &url, &token, &ca], gw.log()).await;
     assert_eq!(report["big_echoed"], true, "{report}");
     assert_eq!(report["echo"], "hello");
     assert_eq!(report["close_code"], 4001);

@@ -1,8 +1,8 @@
 contender "1_thread" "2_thread"
-"upstream directly (ceiling)" 76538 71729
-"nginx, plain reverse proxy" 34481 36385
-"HAProxy jwt_verify RS256" 13052 14125
-"Pingora passthrough, defaults" 19887 16875
-"Portcullis, authentication off" 18440 16615
-"Portcullis RS256" 15656 14356
-"Portcullis ES256" 14602 15725
+"upstream directly (ceiling)" 154904 150973
+"nginx, plain reverse proxy" 86852 88581
+"HAProxy jwt_verify RS256" 23642 24009
+"Pingora passthrough, defaults" 43564 41693
+"Portcullis, authentication off" 39218 34282
+"Portcullis RS256" 31313 30795
+"Portcullis ES256" 31837 30747
