@@ -651,7 +651,7 @@ async fn frames_sent_with_the_upgrade_request_are_relayed() {
         gw.port
     )
     .into_bytes();
-    // A masked text frame "early", then a masked Close 1000.
+    // A masked text frame, "early", in the same write as the request.
     let mask = [1u8, 2, 3, 4];
     let masked = |payload: &[u8]| -> Vec<u8> {
         payload

@@ -182,12 +182,9 @@ impl<'a> Relay<'a> {
         // Who sent the first Close frame, when one side starts the closing handshake.
         let mut closing: Option<Ending> = None;
         let mut backend_closes = false;
-        backend.feed(&first, |p| backend_closes |= is_close(&p));
+        // The backend's frames are followed as they are written to the client, so `backend`
+        // tells where the client's stream stands.
         let mut to_client = first;
-        // Whether the client's stream was at a frame boundary where `to_client` starts, and
-        // whether any of it was written since.
-        let mut chunk_clean = true;
-        let mut chunk_started = false;
         let mut client_unflushed = false;
         let mut backend_unflushed = false;
         let mut sent = 0u64;
@@ -217,9 +214,9 @@ impl<'a> Relay<'a> {
                     if client_unflushed || !to_client.is_empty() => match written {
                     Ok(0) if to_client.is_empty() => client_unflushed = false,
                     Ok(n) if n > 0 => {
+                        backend.feed(&to_client[..n], |p| backend_closes |= is_close(&p));
                         to_client.advance(n);
                         sent += n as u64;
-                        chunk_started = true;
                         client_unflushed = true;
                     }
                     _ => break closing.unwrap_or(Ending::Client),
@@ -241,22 +238,13 @@ impl<'a> Relay<'a> {
                     _ => break closing.unwrap_or(Ending::Backend),
                 },
                 read = read_arrived(&mut up_read), if to_client.is_empty() => match read {
-                    Ok(data) if !data.is_empty() => {
-                        chunk_clean = backend.at_boundary();
-                        chunk_started = false;
-                        backend.feed(&data, |p| backend_closes |= is_close(&p));
-                        to_client = data;
-                    }
+                    Ok(data) if !data.is_empty() => to_client = data,
                     _ => break closing.unwrap_or(Ending::Backend),
                 },
             }
         };
         let sides = Sides {
-            client_clean: if to_client.is_empty() {
-                backend.at_boundary()
-            } else {
-                chunk_clean && !chunk_started
-            },
+            client_clean: backend.at_boundary(),
             backend_clean: client.forwarded_boundary()
                 && to_backend.is_empty()
                 && !backend_unflushed,

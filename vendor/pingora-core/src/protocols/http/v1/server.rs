@@ -1782,10 +1782,8 @@ impl HttpSession {
 fn release_buffers(stream: &mut Stream) {
     use crate::protocols::l4::stream::Stream as L4Stream;
     let any = stream.as_any_mut();
-    if any.is::<L4Stream>() {
-        if let Some(plain) = any.downcast_mut::<L4Stream>() {
-            plain.release_buffers();
-        }
+    if let Some(plain) = any.downcast_mut::<L4Stream>() {
+        plain.release_buffers();
         return;
     }
     #[cfg(feature = "rustls")]
