@@ -36,6 +36,7 @@ fn principal(roles: &[&str]) -> Principal {
             ClaimValue::Bool(true),
             ClaimValue::Text("agency-42".into()),
         ],
+        derived: Default::default(),
     }
 }
 

@@ -35,6 +35,7 @@ fn principal(i: usize) -> Principal {
         scopes: Vec::new(),
         valid_until: None,
         extra: Vec::new(),
+        derived: Default::default(),
     }
 }
 

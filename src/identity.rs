@@ -1,9 +1,11 @@
 //! Identity forwarding: the verified principal, in request headers, to the upstream.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use pingora_http::RequestHeader;
 
-use crate::authenticate::Principal;
+use crate::authenticate::{Headers, Principal};
 use crate::config::{IdentityHeadersConf, Invalid, KeyPath};
 use crate::tls::ClientCert;
 
@@ -25,6 +27,9 @@ pub struct IdentityHeaders {
     /// Everything removed from client requests: the names above and `strip`.
     strip: Vec<HeaderName>,
     forward_authorization: bool,
+    /// Tells the headers rendered by this config from those of any other (see
+    /// [`crate::authenticate::Derived`]).
+    tag: u64,
 }
 
 impl IdentityHeaders {
@@ -74,12 +79,23 @@ impl IdentityHeaders {
             client_cert_subject,
             strip,
             forward_authorization: conf.forward_authorization,
+            tag: {
+                static COMPILED: AtomicU64 = AtomicU64::new(0);
+                COMPILED.fetch_add(1, Ordering::Relaxed)
+            },
         })
     }
 
     /// Renders a principal's headers. Done before the request is admitted, so a claim that
-    /// cannot be a header value is a 401 rather than a failed proxy attempt.
+    /// cannot be a header value is a 401 rather than a failed proxy attempt. A principal
+    /// remembered with its token is rendered once.
     pub fn render(&self, p: &Principal) -> Result<IdentityValues, UnrepresentableClaim> {
+        p.derived
+            .headers(self.tag, || self.render_afresh(p))
+            .map(IdentityValues)
+    }
+
+    fn render_afresh(&self, p: &Principal) -> Result<Headers, UnrepresentableClaim> {
         let fields = [
             (&self.subject, Some(p.subject.clone())),
             (&self.roles, Some(p.roles.join(","))),
@@ -97,7 +113,7 @@ impl IdentityHeaders {
                 values.push((name.clone(), value));
             }
         }
-        Ok(IdentityValues(values))
+        Ok(values.into())
     }
 
     /// Prepares an upstream request: removes every client-sent identity header, then sets the
@@ -114,7 +130,7 @@ impl IdentityHeaders {
         if !self.forward_authorization {
             req.remove_header(&AUTHORIZATION);
         }
-        for (name, value) in identity.map(|i| i.0.as_slice()).unwrap_or_default() {
+        for (name, value) in identity.map(IdentityValues::headers).unwrap_or_default() {
             req.insert_header(name.clone(), value.clone())?;
         }
         let Some(cert) = client_cert else {
@@ -134,9 +150,9 @@ impl IdentityHeaders {
     }
 }
 
-/// Identity headers rendered for one request.
+/// Identity headers rendered for a principal.
 #[derive(Debug, Clone)]
-pub struct IdentityValues(Vec<(HeaderName, HeaderValue)>);
+pub struct IdentityValues(Headers);
 
 impl IdentityValues {
     pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
@@ -159,6 +175,7 @@ mod tests {
             scopes: vec![],
             valid_until: None,
             extra: Vec::new(),
+            derived: Default::default(),
         }
     }
 
@@ -180,6 +197,23 @@ mod tests {
         public.insert_header("x-user-id", "admin").unwrap();
         ids.apply(&mut public, None, None).unwrap();
         assert!(public.headers.get("x-user-id").is_none());
+    }
+
+    #[test]
+    fn a_principal_is_rendered_once_per_config() {
+        let conf = IdentityHeadersConf::default();
+        let ids = IdentityHeaders::compile(&conf, &KeyPath::root()).unwrap();
+        let p = principal("alice");
+        let first = ids.render(&p).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first.0, &ids.render(&p).unwrap().0));
+        // A reloaded config that names the headers otherwise renders its own.
+        let renamed = IdentityHeadersConf {
+            subject: "x-subject".into(),
+            ..conf
+        };
+        let other = IdentityHeaders::compile(&renamed, &KeyPath::root()).unwrap();
+        assert_eq!(other.render(&p).unwrap().headers()[0].0, "x-subject");
+        assert_eq!(ids.render(&p).unwrap().headers()[0].0, "x-user-id");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 contender "1_thread" "2_thread"
-"upstream directly (ceiling)" 154904 150973
-"nginx, plain reverse proxy" 86852 88581
-"HAProxy jwt_verify RS256" 23642 24009
-"Pingora passthrough, defaults" 43564 41693
-"Portcullis, authentication off" 39218 34282
-"Portcullis RS256" 31313 30795
-"Portcullis ES256" 31837 30747
+"upstream directly (ceiling)" 166629 153585
+"nginx, plain reverse proxy" 92966 87627
+"HAProxy jwt_verify RS256" 24193 24399
+"Pingora passthrough, defaults" 45697 42175
+"Portcullis, authentication off" 42267 34346
+"Portcullis RS256" 36493 32421
+"Portcullis ES256" 36755 33869

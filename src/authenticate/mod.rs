@@ -14,8 +14,10 @@ mod keys;
 pub mod source;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
 
 use jsonwebtoken::DecodingKey;
 
@@ -60,6 +62,48 @@ pub struct Principal {
     pub valid_until: Option<u64>,
     /// Values of the claims registered with [`Authenticator::claim_slot`], by slot.
     pub extra: Vec<ClaimValue>,
+    /// What is worked out from the principal once, for all the requests its token makes
+    /// while it is remembered.
+    pub derived: Derived,
+}
+
+/// What is worked out from a principal once (see [`Principal::derived`]). A clone starts
+/// empty, since it may be changed into another principal.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Headers, with the tag of what made them: a maker with another tag (another config's)
+    /// does not take them.
+    headers: OnceLock<(u64, Headers)>,
+    token_sha256: OnceLock<[u8; 32]>,
+}
+
+/// Header names and values, shared.
+pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
+
+impl Clone for Derived {
+    fn clone(&self) -> Self {
+        Derived::default()
+    }
+}
+
+impl Derived {
+    /// The headers `tag` made before, or what `render` makes now (kept, if nothing was).
+    pub fn headers<E>(
+        &self,
+        tag: u64,
+        render: impl FnOnce() -> Result<Headers, E>,
+    ) -> Result<Headers, E> {
+        match self.headers.get() {
+            Some((t, headers)) if *t == tag => Ok(headers.clone()),
+            Some(_) => render(),
+            None => {
+                let headers = render()?;
+                // Another request may have made them meanwhile: the same headers.
+                let _ = self.headers.set((tag, headers.clone()));
+                Ok(headers)
+            }
+        }
+    }
 }
 
 /// A claim other parts of the config read, as the token carried it.
@@ -88,6 +132,13 @@ impl Principal {
     pub fn claim_value(&self, slot: ClaimSlot) -> &ClaimValue {
         const ABSENT: ClaimValue = ClaimValue::Absent;
         self.extra.get(slot.0).unwrap_or(&ABSENT)
+    }
+
+    /// The SHA-256 of `token`, which must be the token this principal was verified from.
+    pub fn token_sha256(&self, token: &str) -> &[u8; 32] {
+        self.derived
+            .token_sha256
+            .get_or_init(|| token_digest(token))
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -200,9 +251,10 @@ impl AuthError {
     }
 }
 
-/// The SHA-256 of a token, as the caches key it.
+/// The SHA-256 of a token, as instances name a token to each other.
 pub fn token_digest(token: &str) -> [u8; 32] {
-    cache::digest(token)
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Takes the bearer token from `Authorization` (RFC 6750 §2.1).
@@ -349,12 +401,14 @@ impl Authenticator {
     ) -> Result<Arc<Principal>, AuthError> {
         let opaque = self.opaque.filter(|_| !jwt::is_compact(token));
         let key = (opaque.is_some() || self.verified.enabled()).then(|| cache::digest(token));
+        // The calls that may go to the network are boxed: they are large, and a remembered
+        // token, the common case, should not carry them in its request's future.
         let verified = match (opaque, &key) {
             // No call to the provider for a route that does not trust it.
             (Some(id), _) if accepted.is_some_and(|ids| !ids.contains(&id)) => {
                 return Err(AuthError::IssuerNotAccepted)
             }
-            (Some(id), Some(key)) => self.introspect_opaque(id, token, key).await?,
+            (Some(id), Some(key)) => Box::pin(self.introspect_opaque(id, token, key)).await?,
             _ => self.verify_cached(token, key.as_ref()).await?,
         };
         self.admit_use(
@@ -368,7 +422,7 @@ impl Authenticator {
         if let Some(introspector) = issuer.introspects(IntrospectionMode::Always) {
             if opaque.is_none() {
                 let key = key.unwrap_or_else(|| cache::digest(token));
-                introspector.check(token, &key, |_| Ok(None)).await?;
+                Box::pin(introspector.check(token, &key, |_| Ok(None))).await?;
             }
         }
         Ok(verified.principal.clone())
@@ -397,7 +451,7 @@ impl Authenticator {
             crate::trace::annotate("portcullis.token_cache", "refused");
             return Err(r.error);
         }
-        let outcome = self.verify(token).await.map(Arc::new);
+        let outcome = Box::pin(self.verify(token)).await.map(Arc::new);
         if let Some(&key) = key {
             token_cache(TokenCacheResult::Miss);
             crate::trace::annotate("portcullis.token_cache", "miss");
@@ -615,6 +669,7 @@ impl Authenticator {
             scopes: identity.scopes,
             valid_until: expires_at.map(|exp| exp.saturating_add(issuer.leeway_secs)),
             extra,
+            derived: Derived::default(),
         };
         Ok(Verified {
             principal: Arc::new(principal),

@@ -230,6 +230,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             valid_until: None,
             extra: Vec::new(),
+            derived: Default::default(),
         }
     }
 

@@ -259,10 +259,21 @@ async fn decide<'s>(
         }
     };
 
-    // 4. Ask the external decision point, once the local rules allowed.
+    // 4. Ask the external decision point, once the local rules allowed. The calls that go
+    // to the network are boxed here and below: they are large, and requests that make none
+    // should not carry them in their futures.
     let decided_headers = match (&route.ext_authz, &facts.shadowed) {
         (Some(ext), None) => {
-            consult(ext, req, snap, route, client, identity.as_ref(), facts).await?
+            Box::pin(consult(
+                ext,
+                req,
+                snap,
+                route,
+                client,
+                identity.as_ref(),
+                facts,
+            ))
+            .await?
         }
         _ => None,
     };
@@ -342,7 +353,7 @@ async fn credentials(
     };
     let caller = caller_token(req, route, snap, principal, session);
     let span = trace::child("upstream_credentials");
-    let obtained = credentials.authorization(caller.as_deref()).await;
+    let obtained = Box::pin(credentials.authorization(caller.as_deref())).await;
     span.set("portcullis.credentials.grant", credentials.grant().as_str());
     if let Err(e) = &obtained {
         span.fail(format!("{e:?}"));
@@ -439,7 +450,7 @@ async fn authenticate(
                 metrics::authorization_denied(&route.name, Forbidden::CrossSite.reason());
                 return Err(Rejection::Forbidden(Forbidden::CrossSite));
             }
-            resume(sessions, req).await.map_err(|e| {
+            Box::pin(resume(sessions, req)).await.map_err(|e| {
                 metrics::authentication(e.auth_error().reason());
                 Rejection::from(e.auth_error())
             })?
@@ -481,7 +492,7 @@ async fn authenticate(
     });
     // So is the access token of a session that ended, wherever it is presented.
     let principal = principal.and_then(|p| match &snap.sessions {
-        Some(sessions) if sessions.ended_token(&token) => Err(AuthError::Inactive),
+        Some(sessions) if sessions.ended_token(&token, &p) => Err(AuthError::Inactive),
         _ => Ok(p),
     });
     if principal.is_ok() {

@@ -156,16 +156,18 @@ impl ProxyHttp for Gateway {
         metrics::gateway_overhead(ctx.started.elapsed());
         ctx.facts = admission.facts;
         audit::decision(session.req_header(), ctx, admission.decision.as_ref().err());
+        // The gateway's own endpoints and the WebSocket hand-over are boxed: they are large, and
+        // the requests that only pass through should not carry them in their futures.
         match admission.decision {
             Ok(Decision::Forward(pass)) if pass.is_websocket() => {
-                upgrade::serve(
+                Box::pin(upgrade::serve(
                     session,
                     ctx,
                     pass,
                     &self.connector,
                     &self.config,
                     &self.websockets,
-                )
+                ))
                 .await?;
                 Ok(true)
             }
@@ -201,16 +203,21 @@ impl ProxyHttp for Gateway {
                 respond(session, ctx, reply).await
             }
             Ok(Decision::Session(endpoint)) => {
-                let reply =
-                    session_endpoint::answer(session, ctx, endpoint, &self.websockets).await;
+                let reply = Box::pin(session_endpoint::answer(
+                    session,
+                    ctx,
+                    endpoint,
+                    &self.websockets,
+                ))
+                .await;
                 respond(session, ctx, reply).await
             }
             Ok(Decision::Login(return_to)) => {
-                let reply = session_endpoint::login(ctx, &return_to).await;
+                let reply = Box::pin(session_endpoint::login(ctx, &return_to)).await;
                 respond(session, ctx, reply).await
             }
             Ok(Decision::TokenService(endpoint)) => {
-                let reply = token_endpoint::answer(session, ctx, endpoint).await;
+                let reply = Box::pin(token_endpoint::answer(session, ctx, endpoint)).await;
                 respond(session, ctx, reply).await
             }
             Err(rejection) => respond(session, ctx, snap.responses.reply(rejection)).await,

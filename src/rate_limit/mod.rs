@@ -567,7 +567,13 @@ impl RateLimiter {
         ) {
             out.push((RATELIMIT_POLICY, set.policy.clone()));
             let name = &set.names[verdict.outcome.binding];
-            let value = format!("\"{name}\";r={};t={reset}", check.remaining);
+            // Written out by hand: `format!` costs more than the rest of this answer.
+            let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let (r, t) = (r.format(check.remaining), t.format(reset));
+            let mut value = String::with_capacity(name.len() + r.len() + t.len() + 8);
+            for part in ["\"", name, "\";r=", r, ";t=", t] {
+                value.push_str(part);
+            }
             if let Ok(v) = HeaderValue::try_from(value) {
                 out.push((RATELIMIT, v));
             }

@@ -9,7 +9,7 @@ use super::login::{self, LoginError, Redirect};
 use super::provider;
 use super::store::{self, By, Handle, Store, StoreError};
 use super::{websocket_key, Ended, EndedMessage, Sessions, LEEWAY_SECS};
-use crate::authenticate::Authenticator;
+use crate::authenticate::{Authenticator, Principal};
 use crate::metrics;
 use crate::token_service::Revocation;
 
@@ -60,14 +60,10 @@ impl Sessions {
         }
     }
 
-    /// Whether `token` belonged to a session that has ended.
-    pub fn ended_token(&self, token: &str) -> bool {
+    /// Whether `token`, verified as `principal`, belonged to a session that has ended.
+    pub fn ended_token(&self, token: &str, principal: &Principal) -> bool {
         let ended = &self.state.ended_tokens;
-        !ended.is_empty()
-            && ended.contains(
-                Some(&store::hex(&crate::authenticate::token_digest(token))),
-                "",
-            )
+        !ended.is_empty() && ended.contains(Some(&store::hex(principal.token_sha256(token))), "")
     }
 
     /// The Redis channel instances announce ended sessions on, with its server.

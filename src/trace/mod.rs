@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::future::Either;
 use http::HeaderValue;
 
 pub use context::TraceParent;
@@ -213,10 +214,11 @@ tokio::task_local! {
 }
 
 /// Runs `work` with `recorder` as the trace that [`child`] and [`annotate`] add to.
-pub async fn within<F: Future>(recorder: Option<&Recorder>, work: F) -> F::Output {
+pub fn within<F: Future>(recorder: Option<&Recorder>, work: F) -> impl Future<Output = F::Output> {
+    // Not an `async fn`: that would hold `work` twice over, and move it once more.
     match recorder {
-        Some(r) => CURRENT.scope(r.clone(), work).await,
-        None => work.await,
+        Some(r) => Either::Left(CURRENT.scope(r.clone(), work)),
+        None => Either::Right(work),
     }
 }
 

@@ -199,3 +199,19 @@ async fn the_tier_limit_refuses_the_request_over_it() {
     assert!(matches!(second.decision, Err(Rejection::Limited(_))));
     assert!(second.facts.quota.is_some_and(|q| !q.allowed()));
 }
+
+/// Every request's future holds admission's whole state, and moving it costs a copy: the
+/// calls that go to the network are boxed so that the common case stays small.
+#[test]
+fn admission_is_small_to_carry() {
+    let snap = snapshot("");
+    let req = RequestHeader::build("GET", b"/agents", None).unwrap();
+    let client = Client {
+        ip: Ipv4Addr::LOCALHOST.into(),
+        cert: None,
+        audit: false,
+    };
+    let admission = crate::trace::within(None, admit(&req, &snap, &client));
+    let size = std::mem::size_of_val(&admission);
+    assert!(size <= 2048, "admission's future is {size} bytes");
+}

@@ -286,7 +286,8 @@ impl HttpSession {
 
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len()),
+                            // Room for the headers a proxy adds (see ROOM_FOR_ADDED_HEADERS).
+                            Some(resp.headers.len() + ROOM_FOR_ADDED_HEADERS),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),

@@ -30,6 +30,9 @@ pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
+/// Room left in a parsed header's maps for the headers a proxy adds (identity, request id,
+/// tracing, rate-limit quota), so that adding them grows and rehashes neither map.
+pub(crate) const ROOM_FOR_ADDED_HEADERS: usize = 8;
 
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.

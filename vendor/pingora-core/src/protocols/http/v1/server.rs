@@ -355,7 +355,9 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // Room for the headers a proxy adds, so adding them does not
+                            // grow (and rehash) both header maps.
+                            Some(req.headers.len() + ROOM_FOR_ADDED_HEADERS),
                         )?);
 
                         request_header.set_version(match req.version {
