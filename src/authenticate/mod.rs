@@ -6,6 +6,7 @@
 
 mod cache;
 mod claims;
+mod derived;
 pub mod fetch;
 pub(crate) mod introspect;
 mod issuer;
@@ -14,10 +15,8 @@ mod keys;
 pub mod source;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-use http::header::{HeaderName, HeaderValue};
 
 use jsonwebtoken::DecodingKey;
 
@@ -25,6 +24,7 @@ use crate::config::IntrospectionMode;
 
 use cache::{Refused, RefusedTokens, Verified, VerifiedTokens};
 pub(crate) use claims::{ClaimMap, ClaimPath};
+pub use derived::{Derived, Headers};
 pub(crate) use issuer::{Context as IssuerContext, Issuer, ServiceTokenRule};
 pub(crate) use keys::KeySet;
 
@@ -67,45 +67,6 @@ pub struct Principal {
     pub derived: Derived,
 }
 
-/// What is worked out from a principal once (see [`Principal::derived`]). A clone starts
-/// empty, since it may be changed into another principal.
-#[derive(Debug, Default)]
-pub struct Derived {
-    /// Headers, with the tag of what made them: a maker with another tag (another config's)
-    /// does not take them.
-    headers: OnceLock<(u64, Headers)>,
-    token_sha256: OnceLock<[u8; 32]>,
-}
-
-/// Header names and values, shared.
-pub type Headers = Arc<[(HeaderName, HeaderValue)]>;
-
-impl Clone for Derived {
-    fn clone(&self) -> Self {
-        Derived::default()
-    }
-}
-
-impl Derived {
-    /// The headers `tag` made before, or what `render` makes now (kept, if nothing was).
-    pub fn headers<E>(
-        &self,
-        tag: u64,
-        render: impl FnOnce() -> Result<Headers, E>,
-    ) -> Result<Headers, E> {
-        match self.headers.get() {
-            Some((t, headers)) if *t == tag => Ok(headers.clone()),
-            Some(_) => render(),
-            None => {
-                let headers = render()?;
-                // Another request may have made them meanwhile: the same headers.
-                let _ = self.headers.set((tag, headers.clone()));
-                Ok(headers)
-            }
-        }
-    }
-}
-
 /// A claim other parts of the config read, as the token carried it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ClaimValue {
@@ -136,9 +97,7 @@ impl Principal {
 
     /// The SHA-256 of `token`, which must be the token this principal was verified from.
     pub fn token_sha256(&self, token: &str) -> &[u8; 32] {
-        self.derived
-            .token_sha256
-            .get_or_init(|| token_digest(token))
+        self.derived.token_sha256(|| token_digest(token))
     }
 
     pub fn has_role(&self, role: &str) -> bool {
