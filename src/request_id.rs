@@ -1,9 +1,9 @@
 //! `X-Request-Id`: one id per request, in the upstream request, the response and the logs.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client-sent id that is kept; longer or odd ones are replaced.
 const MAX_LEN: usize = 128;

@@ -137,10 +137,7 @@ impl RequestCtx {
             Some(v) => self.snapshot.rate_limiter.headers(v),
             None => Vec::new(),
         };
-        headers.push((
-            HeaderName::from_static(request_id::HEADER),
-            self.request_id.clone(),
-        ));
+        headers.push((request_id::HEADER, self.request_id.clone()));
         headers.extend(self.facts.cors.iter().cloned());
         headers
     }
