@@ -772,6 +772,70 @@ upstream = "live"
 }
 
 #[tokio::test]
+async fn an_instance_started_after_a_logout_refuses_the_ended_sessions_token() {
+    let provider = Provider::start();
+    let echo = Echo::start();
+    let redis = Redis::start();
+    let (a, c) = (port_pair(), port_pair());
+    let client = register(&provider, a, "http://127.0.0.1:9/unused", 120).await;
+    let shared = format!(
+        "store = \"redis\"\ninstances = 2\n\n[rate_limit.redis]\nurl = \"{}\"\n",
+        redis.url()
+    );
+    let text_a = config(&provider, &echo, &client, a, &shared);
+    let gw_a = start(a, &text_a, &client);
+
+    // Two sessions; the first one's access token (valid for two minutes) is used as a
+    // bearer token too.
+    let mut ended = Browser::new();
+    assert_eq!(
+        ended.log_in(&gw_a.url("/app/desk"), "ivan").await.status,
+        200
+    );
+    let token = upstream_token(&ended.fetch("GET", &gw_a.url("/app/desk"), None).await);
+    let mut kept = Browser::new();
+    assert_eq!(
+        kept.log_in(&gw_a.url("/app/desk"), "judy").await.status,
+        200
+    );
+    let other = upstream_token(&kept.fetch("GET", &gw_a.url("/app/desk"), None).await);
+    assert_eq!(
+        common::get(&gw_a.url("/api/x"), Some(&token)).await.status,
+        200
+    );
+
+    assert_eq!(ended.navigate(&gw_a.url("/auth/logout")).await.status, 302);
+    assert_eq!(
+        common::get(&gw_a.url("/api/x"), Some(&token)).await.status,
+        401
+    );
+    // Stored by its digest until it would expire, never as the token itself.
+    let stored = redis.cli(&["--scan", "--pattern", "*ended-token:*"]);
+    let key = stored
+        .lines()
+        .next()
+        .expect("the ended token stored")
+        .to_string();
+    assert!(!stored.contains(&token[..20]), "{stored}");
+    let ttl: u64 = redis.cli(&["TTL", &key]).trim().parse().expect("a TTL");
+    assert!((100..=131).contains(&ttl), "TTL {ttl}");
+
+    // An instance started after the logout, which heard no announcement, refuses the token
+    // and still takes the other session's.
+    let text_c = text_a.replace(
+        &format!("127.0.0.1:{}\"\n\n[issuers", a + 1),
+        &format!("127.0.0.1:{}\"\n\n[issuers", c + 1),
+    );
+    let gw_c = start(c, &text_c, &client);
+    let refused = common::get(&gw_c.url("/api/x"), Some(&token)).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_eq!(
+        common::get(&gw_c.url("/api/x"), Some(&other)).await.status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn the_admin_eviction_of_a_subject_ends_its_sessions() {
     let s = setup(60, "hosts = [\"desk.portcullis.test\"]").await;
     let (gw, port) = (&s.gw, s.port);

@@ -3,8 +3,9 @@
 //!
 //! The session itself is already gone from Redis, so no instance finds it again; what each
 //! instance holds of it alone (a cached access token, an open WebSocket) is what the message
-//! reaches. Messages are not stored: an instance that starts later has no such connection,
-//! and the tokens it has not cached it verifies against a session store without them.
+//! reaches. The ended sessions' access tokens are also stored in Redis until they expire, and
+//! read each time this instance (re)subscribes: one that starts or reconnects later refuses
+//! them too.
 
 use std::sync::Arc;
 
@@ -48,7 +49,24 @@ impl BackgroundService for EndedSessions {
             let (url, name) = self.config.load().sessions.as_ref()?.channel()?;
             Some(Channel { url, name })
         };
-        let catch_up = |_| async { Ok(()) };
+        let catch_up = |_| async {
+            let snap = self.config.load_full();
+            let Some(sessions) = &snap.sessions else {
+                return Ok(());
+            };
+            match sessions.catch_up_ended().await {
+                Ok(taken) => {
+                    log::info!("ended sessions: {taken} access tokens refused, read from Redis");
+                    Ok(())
+                }
+                // Given up and tried again on the next subscription.
+                Err(e) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "ended sessions' tokens not read",
+                    e.to_string(),
+                ))),
+            }
+        };
         let take = |payload: &[u8]| self.take(payload);
         super::follow_redis("ended sessions", &mut shutdown, channel, catch_up, take).await;
     }

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use super::login::{self, LoginError, Redirect};
 use super::provider;
 use super::store::{self, By, Handle, Store, StoreError};
-use super::{websocket_key, Ended, EndedMessage, Sessions, LEEWAY_SECS};
+use super::{websocket_key, Ended, EndedMessage, Sessions, LEEWAY_SECS, MAX_ENDED_TOKENS};
 use crate::authenticate::{Authenticator, Principal};
 use crate::metrics;
 use crate::token_service::Revocation;
@@ -40,7 +40,7 @@ impl Sessions {
         ) {
             match serde_json::to_string(&message) {
                 Ok(text) => {
-                    if let Err(e) = shared.publish(channel, &text).await {
+                    if let Err(e) = shared.announce_ended(channel, &text, &message.tokens).await {
                         log::error!("ended sessions not published: {e}");
                     }
                 }
@@ -71,6 +71,19 @@ impl Sessions {
         let (_, redis) = &self.state.place;
         let (url, _) = redis.as_ref()?;
         Some((url.clone(), self.channel.clone()?))
+    }
+
+    /// Takes in the access tokens of sessions ended before this instance subscribed to the
+    /// announcements (stored in Redis until they expire); returns how many.
+    pub async fn catch_up_ended(&self) -> Result<usize, StoreError> {
+        let Store::Redis(shared) = &self.state.store else {
+            return Ok(0);
+        };
+        let tokens = shared.ended_tokens(MAX_ENDED_TOKENS).await?;
+        for (digest, until) in &tokens {
+            self.refuse_token(digest, *until);
+        }
+        Ok(tokens.len())
     }
 
     /// Takes in sessions another instance ended; returns the WebSocket keys to close here.
