@@ -279,6 +279,84 @@ async fn session_tokens_are_issued_verified_limited_and_revoked() {
     }
 }
 
+/// The published key set's `kid`s, once the gateway's has `count` keys (after a reload).
+async fn kids_once(gw: &Gateway, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jwks = get(&gw.url("/.well-known/jwks.json"), None).await.json();
+        let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+        if keys.len() == count {
+            return keys
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap_or_default().into())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "never {count} keys: {jwks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_keeps_the_sessions_the_previous_key_signed() {
+    let echo = Echo::start();
+    let admin = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let new_key = dir.path().join("new.pem");
+    let made = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&new_key)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let new_key = new_key.display().to_string();
+    let gw = Gateway::start(&config(&echo, admin, "", ""));
+    let old_kid = kids_once(&gw, 1).await.remove(0);
+    let old = token_of(&issue(&gw, "198.51.100.30", &[], "").await);
+    assert_eq!(get(&gw.url("/portal/a"), Some(&old)).await.status, 200);
+
+    // The new key signs; the old one, kept as a previous key, is still published and trusted.
+    let changed = config(&echo, admin, "previous_keys = [{ key_file = \"OLD\" }]", "")
+        .replace(&key(), &new_key)
+        .replace("OLD", &key());
+    gw.reload(&changed);
+    let kids = kids_once(&gw, 2).await;
+    assert_eq!(kids[1], old_kid, "{kids:?}");
+    assert_ne!(kids[0], old_kid);
+    let new = token_of(&issue(&gw, "198.51.100.31", &[], "").await);
+    let header = jsonwebtoken::decode_header(&new).expect("JWT header");
+    assert_eq!(header.kid.as_deref(), Some(kids[0].as_str()));
+    assert_eq!(get(&gw.url("/portal/a"), Some(&old)).await.status, 200);
+    assert_eq!(get(&gw.url("/portal/a"), Some(&new)).await.status, 200);
+
+    // Once the previous key is dropped, what it signed is refused; the new key's tokens pass.
+    gw.reload(&config(&echo, admin, "", "").replace(&key(), &new_key));
+    assert_eq!(kids_once(&gw, 1).await, kids[..1]);
+    assert_eq!(get(&gw.url("/portal/a"), Some(&old)).await.status, 401);
+    assert_eq!(get(&gw.url("/portal/a"), Some(&new)).await.status, 200);
+
+    // The same key twice is a config error naming the entry.
+    let twice = config(
+        &echo,
+        admin,
+        &format!("previous_keys = [{{ key_file = \"{}\" }}]", key()),
+        "",
+    );
+    let twice = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n{twice}",
+        free_port()
+    );
+    let (code, err) = common::check_config(&twice);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("token_service.previous_keys[0].kid"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_captcha_is_verified_with_the_providers_api_before_a_token_is_issued() {
     let echo = Echo::start();

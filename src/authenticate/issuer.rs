@@ -304,7 +304,7 @@ impl Issuer {
         name: &str,
         iss: &str,
         audiences: &[String],
-        algorithm: Algorithm,
+        algorithms: &[Algorithm],
         jwks: &[u8],
     ) -> Result<Issuer, String> {
         let defaults = crate::config::ClaimsConf::default();
@@ -312,7 +312,7 @@ impl Issuer {
             name: name.into(),
             iss: iss.into(),
             audiences: audiences.iter().map(|a| a.as_str().into()).collect(),
-            algorithms: vec![algorithm],
+            algorithms: algorithms.to_vec(),
             // Its own clock: a little leeway for other instances' clocks only.
             leeway_secs: 5,
             allow_non_expiring: false,

@@ -32,6 +32,11 @@ pub struct TokenServiceConf {
     pub algorithm: SigningAlgorithm,
     /// The key's `kid`. Default: its RFC 7638 thumbprint.
     pub kid: Option<String>,
+    /// `[[token_service.previous_keys]]`: keys that signed before `key_file`. They sign
+    /// nothing, but stay published and trusted, so that changing the key (move the old one
+    /// here, reload) ends no session early. Remove each once `ttl` has passed since.
+    #[serde(default)]
+    pub previous_keys: Vec<PreviousKeyConf>,
     /// Lifetime of a token. Default: 15m.
     #[serde(default = "default_ttl", with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -62,6 +67,18 @@ pub struct TokenServiceConf {
     /// could have had expires. Default: 100000.
     #[serde(default = "default_max_revoked")]
     pub max_revoked: usize,
+}
+
+/// A key the token service signed with before its current one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKeyConf {
+    /// The key's PEM file, as `key_file` was.
+    pub key_file: PathBuf,
+    /// Its algorithm. Default: the service's `algorithm`.
+    pub algorithm: Option<SigningAlgorithm>,
+    /// Its `kid`, as it was configured. Default: its RFC 7638 thumbprint.
+    pub kid: Option<String>,
 }
 
 /// The token service's signing algorithms: compact signatures, keys that are quick to make.

@@ -339,12 +339,11 @@ fn token_service(
         previous,
     };
     let service = TokenService::compile(conf, &at, &cx)?;
-    let alg = jsonwebtoken::Algorithm::from(conf.algorithm);
     let issuer = Issuer::own(
         &conf.name,
         service.issuer(),
         &conf.audiences,
-        alg,
+        service.algorithms(),
         service.jwks(),
     )
     .map_err(|e| Invalid::new(at.key("key_file"), e))?;

@@ -93,7 +93,10 @@ pub struct TokenService {
     path: String,
     jwks_path: String,
     discovery_path: String,
+    /// The public keys: the signing key's, then the previous keys'.
     jwks: Bytes,
+    /// Their algorithms, the signing key's first.
+    algorithms: Vec<jsonwebtoken::Algorithm>,
     discovery: Bytes,
     per_address: Quota,
     per_network: Quota,
@@ -179,27 +182,40 @@ impl TokenService {
         }
 
         let alg = jsonwebtoken::Algorithm::from(conf.algorithm);
-        let key_path = (cx.relative)(&conf.key_file);
-        let key =
-            crate::token::load_key(&key_path, alg).map_err(|e| err("key_file", e.to_string()))?;
-        let mut jwk = Jwk::from_encoding_key(&key, alg)
-            .map_err(|e| err("key_file", format!("{}: {e}", key_path.display())))?;
-        let kid = match &conf.kid {
-            Some(kid) if kid.is_empty() => return Err(err("kid", "must not be empty".into())),
-            Some(kid) => kid.clone(),
-            None => jwk
-                .thumbprint(ThumbprintHash::SHA256)
-                .map_err(|e| err("key_file", e.to_string()))?,
-        };
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        let jwks = serde_json::to_vec(&JwkSet { keys: vec![jwk] })
-            .map_err(|e| err("key_file", e.to_string()))?;
+        let (key, jwk) = signing_key(&conf.key_file, alg, conf.kid.as_deref(), at, cx.relative)?;
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        let mut keys = vec![jwk];
+        let mut algorithms = vec![alg];
+        for (i, previous) in conf.previous_keys.iter().enumerate() {
+            let at = at.key("previous_keys").index(i);
+            let alg = previous
+                .algorithm
+                .map_or(alg, jsonwebtoken::Algorithm::from);
+            let (_, jwk) = signing_key(
+                &previous.key_file,
+                alg,
+                previous.kid.as_deref(),
+                &at,
+                cx.relative,
+            )?;
+            // A token names its key by `kid` alone: two keys under one would be ambiguous.
+            if keys.iter().any(|k| k.common.key_id == jwk.common.key_id) {
+                let m = "the same kid as another key: is a key listed twice?";
+                return Err(Invalid::new(at.key("kid"), m));
+            }
+            keys.push(jwk);
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        let jwks =
+            serde_json::to_vec(&JwkSet { keys }).map_err(|e| err("key_file", e.to_string()))?;
         let discovery = json!({
             "issuer": iss,
             "jwks_uri": format!("{iss}{}", conf.jwks_path),
             "token_endpoint": format!("{iss}{}", conf.path),
-            "id_token_signing_alg_values_supported": [format!("{alg:?}")],
+            "id_token_signing_alg_values_supported":
+                algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
             "grant_types_supported": [],
             "response_types_supported": [],
             "subject_types_supported": ["public"],
@@ -246,6 +262,7 @@ impl TokenService {
             jwks_path: conf.jwks_path.clone(),
             discovery_path: conf.discovery_path.clone(),
             jwks: Bytes::from(jwks),
+            algorithms,
             discovery: Bytes::from(discovery.to_string()),
             per_address,
             per_network,
@@ -254,6 +271,11 @@ impl TokenService {
             jti: cx.jti,
             redis: cx.redis.map(|r| (r.url.clone(), r.key_prefix.clone())),
         })
+    }
+
+    /// The algorithms of the published keys: the signing key's first.
+    pub fn algorithms(&self) -> &[jsonwebtoken::Algorithm] {
+        &self.algorithms
     }
 
     /// The `iss` of the tokens.
@@ -387,6 +409,32 @@ impl TokenService {
 }
 
 /// 128 random bits, as 32 hex digits: a session id or token id nobody can guess.
+/// Reads a signing key (`key_file` under `at`) and makes its public JWK, with its `kid`: the
+/// one given, or its RFC 7638 thumbprint.
+fn signing_key(
+    file: &Path,
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    at: &KeyPath,
+    relative: &dyn Fn(&Path) -> PathBuf,
+) -> Result<(EncodingKey, Jwk), Invalid> {
+    let err = |field: &str, m: String| Invalid::new(at.key(field), m);
+    let path = relative(file);
+    let key = crate::token::load_key(&path, alg).map_err(|e| err("key_file", e.to_string()))?;
+    let mut jwk = Jwk::from_encoding_key(&key, alg)
+        .map_err(|e| err("key_file", format!("{}: {e}", path.display())))?;
+    let kid = match kid {
+        Some("") => return Err(err("kid", "must not be empty".into())),
+        Some(kid) => kid.to_owned(),
+        None => jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|e| err("key_file", e.to_string()))?,
+    };
+    jwk.common.key_id = Some(kid);
+    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+    Ok((key, jwk))
+}
+
 fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
