@@ -5,7 +5,6 @@
 //! ignores the orders it published itself.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -18,7 +17,6 @@ use crate::snapshot::SharedSnapshot;
 use crate::websocket::registry::Registry;
 
 /// The longest wait for Redis when publishing an order.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Serialize, Deserialize)]
 struct OrderMessage<'a> {
@@ -88,26 +86,13 @@ impl Eviction {
             origin: &self.origin,
         })
         .to_string();
-        let publish = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PUBLISH")
-                .arg(&settings.eviction_channel)
-                .arg(message)
-                .query_async::<i64>(&mut conn)
-                .await
-        };
-        let published = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                log::error!("websocket eviction of {subject:?} not published: {e}");
-                false
-            }
-            Err(_) => {
-                log::error!("websocket eviction of {subject:?} not published: Redis timed out");
-                false
-            }
-        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(&settings.eviction_channel)
+            .arg(message)
+            .ignore();
+        let what = format!("websocket eviction of {subject:?}");
+        let published = super::publish(&url, &pipe, &what).await;
         Evicted {
             closed,
             published: Some(published),

@@ -36,6 +36,30 @@ async fn every(period: Duration, shutdown: &mut ShutdownWatch, mut work: impl Fn
 
 /// Pause before subscribing again after Redis went away.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait for Redis when an admin order is stored and published.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `pipe` (an admin order's store and publish) on a connection of its own to `url`,
+/// within [`PUBLISH_TIMEOUT`]: these are rare, and their caller must not wait on Redis for
+/// long. Whether it was done; if not, why is logged as `what` not published.
+async fn publish(url: &str, pipe: &redis::Pipeline, what: &str) -> bool {
+    let run = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        pipe.query_async::<()>(&mut conn).await
+    };
+    match tokio::time::timeout(PUBLISH_TIMEOUT, run).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            log::error!("{what} not published: {e}");
+            false
+        }
+        Err(_) => {
+            log::error!("{what} not published: Redis timed out");
+            false
+        }
+    }
+}
 
 /// A Redis pub/sub channel the running config names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,6 @@
 //! that starts or reconnects later misses none. Revoking a session also ends its WebSockets.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -20,8 +19,6 @@ use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use crate::token_service::Revocation;
 
-/// The longest wait for Redis when storing and publishing a revocation.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest `jti` or `sub` taken: the service's own are 32 characters.
 const MAX_VALUE: usize = 256;
 /// Beyond the token lifetime, for other instances' clocks.
@@ -108,34 +105,18 @@ impl Revocations {
             return false;
         };
         let ttl = until.saturating_sub(clock::unix_secs()).max(1);
-        let publish = async {
-            let client = redis::Client::open(url)?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(&message)
-                .arg("EX")
-                .arg(ttl)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(channel(prefix))
-                .arg(&message)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                log::error!("session revocation not published: {e}");
-                false
-            }
-            Err(_) => {
-                log::error!("session revocation not published: Redis timed out");
-                false
-            }
-        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(&message)
+            .arg("EX")
+            .arg(ttl)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(channel(prefix))
+            .arg(&message)
+            .ignore();
+        super::publish(url, &pipe, "session revocation").await
     }
 
     /// Takes in a revocation another instance made.
