@@ -80,7 +80,7 @@ fn s_client(port: u16, extra: &[&str]) -> (bool, String) {
 async fn edge_tls_serves_http2_by_sni_and_refuses_old_protocols() {
     let pki = Pki::new();
     let port = free_port();
-    let _gw = edge(&pki, "none", port, HELLO);
+    let gw = edge(&pki, "none", port, HELLO);
     common::wait_for_port(port, "TLS listener");
 
     let client = pki.client(None);
@@ -131,6 +131,30 @@ async fn edge_tls_serves_http2_by_sni_and_refuses_old_protocols() {
     assert!(
         out.contains("SSL alert number"),
         "refused by the server:\n{out}"
+    );
+
+    // A peer that leaves before the handshake (a TCP health check; the gateway's own
+    // readiness probe at start) is no error worth a line; a failed handshake is the client's,
+    // logged at info, never as the server's error.
+    for _ in 0..3 {
+        drop(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = gw.log();
+    let handshakes: Vec<&str> = log.lines().filter(|l| l.contains("handshake")).collect();
+    assert!(
+        handshakes.iter().all(|l| l.contains(" INFO ")),
+        "{handshakes:#?}"
+    );
+    assert!(
+        !handshakes.iter().any(|l| l.contains("handshake eof")),
+        "{handshakes:#?}"
+    );
+    assert!(
+        handshakes
+            .iter()
+            .any(|l| l.contains("Downstream handshake error from 127.0.0.1")),
+        "the refused TLS 1.1 client: {handshakes:#?}"
     );
 }
 

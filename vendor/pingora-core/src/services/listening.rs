@@ -236,17 +236,25 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
-                                        // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
-                                        if let Some(addr) = peer_addr {
-                                            error!("Downstream handshake error from {}: {e}", addr);
+                                        // A failed handshake is the client's doing, not
+                                        // this server's error. A peer that leaves before
+                                        // it (a load balancer's TCP health check, a port
+                                        // scan) is routine: debug only.
+                                        let from = peer_addr
+                                            .map(|a| format!(" from {a}"))
+                                            .unwrap_or_default();
+                                        let eof = e.to_string().contains("handshake eof");
+                                        let level = if eof {
+                                            log::Level::Debug
                                         } else {
-                                            error!("Downstream handshake error: {e}");
-                                        }
+                                            log::Level::Info
+                                        };
+                                        log::log!(level, "Downstream handshake error{from}: {e}");
                                     }
                                 }
                             }
                             Err(_) => {
-                                error!("Downstream handshake timeout");
+                                info!("Downstream handshake timeout");
                             }
                         }
                     });
