@@ -8,7 +8,8 @@
 //!
 //! Run through `benches/websocket_idle.sh`, which raises the open-file limit first. Beyond
 //! 20,000 connections (`WS_PER_ADDRESS`), clients and backend spread over several loopback
-//! addresses, so that 100,000 fit the ephemeral ports.
+//! addresses, so that 100,000 fit the ephemeral ports. `WS_TLS=1`: the clients connect to a
+//! TLS listener (a certificate made with the openssl CLI), as browsers do with `wss://`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::Algorithm;
 use portcullis::token::{load_key, mint, TokenSpec};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -125,6 +127,66 @@ fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
+/// A CA and a certificate for `localhost` it signed, made with the openssl CLI in `dir`
+/// (cert.pem, key.pem), and a connector that trusts the CA.
+fn tls_setup(dir: &Path) -> tokio_rustls::TlsConnector {
+    let openssl = |args: &str| {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args}: {out:?}");
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    openssl(&format!(
+        "req -x509 {ec} -days 2 -subj /CN=bench-ca -keyout ca.key -out ca.pem"
+    ));
+    openssl(&format!(
+        "req {ec} -subj /CN=localhost -keyout key.pem -out leaf.csr"
+    ));
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").expect("leaf.ext");
+    openssl("x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out cert.pem");
+    let pem = std::fs::read(dir.join("ca.pem")).expect("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The WebSocket handshake on `stream`; tells `opened` whether it succeeded, then waits for the
+/// Close frame: (when it came − `exp`, its code).
+async fn hold<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: std::io::Result<S>,
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    exp: f64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    opened: tokio::sync::mpsc::Sender<bool>,
+) -> Option<(f64, Option<u16>)> {
+    let connected = match stream {
+        Ok(stream) => tokio_tungstenite::client_async(req, stream).await.ok(),
+        Err(_) => None,
+    };
+    drop(permit);
+    let _ = opened.send(connected.is_some()).await;
+    drop(opened);
+    let (mut ws, _) = connected?;
+    while let Some(m) = ws.next().await {
+        if let Ok(Message::Close(frame)) = m {
+            let code = frame.map(|f| u16::from(f.code));
+            return Some((now() - exp, code));
+        }
+    }
+    None
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -167,15 +229,30 @@ async fn main() {
     let port = free_port();
     let admin = free_port();
     let fixtures = root.join("tests/fixtures");
+    let tls = std::env::var("WS_TLS").is_ok_and(|v| v == "1");
+    let connector = tls.then(|| tls_setup(dir.path()));
+    // Over TLS, the clients use the TLS listener; the plain one is left idle.
+    let (plain, tls_listener) = match tls {
+        true => (
+            free_port(),
+            format!(
+                "\n[server.tls]\nlisten = [\"127.0.0.1:{port}\"]\ncertificates = \
+                 [{{ cert_file = \"{d}/cert.pem\", key_file = \"{d}/key.pem\" }}]\n",
+                d = dir.path().display()
+            ),
+        ),
+        false => (port, String::new()),
+    };
     let config = format!(
         r#"[server]
-listen = ["127.0.0.1:{port}"]
+listen = ["127.0.0.1:{plain}"]
 threads = 2
 max_connections = {cap}
 drain_delay = "0s"
 grace_period = "1s"
 pid_file = "{d}/pid"
 upgrade_sock = "{d}/upgrade.sock"
+{tls_listener}
 
 [logging]
 access_log = "off"
@@ -221,7 +298,8 @@ upstream = "push"
         .spawn()
         .expect("start the gateway");
     let pid = gateway.id();
-    wait_port(port);
+    // The plain listener: a bare probe of the TLS one would log a failed handshake.
+    wait_port(plain);
 
     // One token per expiry second, shared by the connections that expire then. The first
     // expiry leaves time to open every connection and measure them idle.
@@ -264,10 +342,13 @@ upstream = "push"
         let (token, exp) = tokens[i % tokens.len()].clone();
         let gate = gate.clone();
         let opened = opened_tx.clone();
+        let connector = connector.clone();
         tasks.push(tokio::spawn(async move {
-            let mut req = format!("ws://127.0.0.1:{port}/ws")
-                .into_client_request()
-                .ok()?;
+            let url = match connector {
+                Some(_) => format!("wss://localhost:{port}/ws"),
+                None => format!("ws://127.0.0.1:{port}/ws"),
+            };
+            let mut req = url.into_client_request().ok()?;
             let bearer = format!("Bearer {token}").parse().ok()?;
             req.headers_mut().insert("authorization", bearer);
             let permit = gate.acquire_owned().await.ok()?;
@@ -280,22 +361,18 @@ upstream = "push"
                     socket.set_reuseaddr(true)?;
                     socket.bind((address(from), 0).into())?;
                 }
-                let stream = socket.connect(([127, 0, 0, 1], port).into()).await?;
-                tokio_tungstenite::client_async(req, stream)
-                    .await
-                    .map_err(std::io::Error::other)
+                socket.connect(([127, 0, 0, 1], port).into()).await
             }
             .await;
-            drop(permit);
-            let _ = opened.send(connected.is_ok()).await;
-            let (mut ws, _) = connected.ok()?;
-            while let Some(m) = ws.next().await {
-                if let Ok(Message::Close(frame)) = m {
-                    let code = frame.map(|f| u16::from(f.code));
-                    return Some((now() - exp, code));
+            match (connected, connector) {
+                (Ok(stream), Some(tls)) => {
+                    let name =
+                        rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+                    let stream = tls.connect(name, stream).await;
+                    hold(stream, req, exp, permit, opened).await
                 }
+                (stream, _) => hold(stream, req, exp, permit, opened).await,
             }
-            None
         }));
     }
     drop(opened_tx);

@@ -3,6 +3,7 @@
 # connection, idle CPU, and how late each Close comes. See benches/websocket_idle.rs.
 #
 #   benches/websocket_idle.sh [connections]     (default 100,000)
+#   WS_TLS=1 benches/websocket_idle.sh ...      (the clients connect over TLS, wss://)
 #
 # Each connection takes two descriptors in the gateway (client and backend side), so the
 # open-file limit must exceed twice the count. It is raised when the machine allows; where the
