@@ -80,7 +80,9 @@ fn s_client(port: u16, extra: &[&str]) -> (bool, String) {
 async fn edge_tls_serves_http2_by_sni_and_refuses_old_protocols() {
     let pki = Pki::new();
     let port = free_port();
-    let gw = edge(&pki, "none", port, HELLO);
+    let admin = free_port();
+    let admin_section = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let gw = edge(&pki, "none", port, &(admin_section + HELLO));
     common::wait_for_port(port, "TLS listener");
 
     let client = pki.client(None);
@@ -156,6 +158,12 @@ async fn edge_tls_serves_http2_by_sni_and_refuses_old_protocols() {
             .any(|l| l.contains("Downstream handshake error from 127.0.0.1")),
         "the refused TLS 1.1 client: {handshakes:#?}"
     );
+    // Both are counted.
+    let failures = "portcullis_tls_handshake_failures_total";
+    let failed = common::metric(admin, &format!("{failures}{{reason=\"failed\"}}")).await;
+    assert_eq!(failed, 1.0, "the TLS 1.1 client");
+    let abandoned = common::metric(admin, &format!("{failures}{{reason=\"abandoned\"}}")).await;
+    assert!(abandoned >= 3.0, "{abandoned}");
 }
 
 #[tokio::test]

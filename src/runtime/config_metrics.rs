@@ -1,8 +1,12 @@
 //! Metrics read from the running config when they are scraped: the config generation, keys
-//! per issuer, cached tokens, target health.
+//! per issuer, cached tokens, target health; and Pingora's count of TLS handshakes that did
+//! not complete.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pingora_core::services::listening::{
+    HANDSHAKES_ABANDONED, HANDSHAKES_FAILED, HANDSHAKES_TIMED_OUT,
+};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts};
@@ -37,6 +41,7 @@ struct SnapshotCollector {
     circuit: IntGaugeVec,
     top_requests: IntGaugeVec,
     top_limited: IntGaugeVec,
+    tls_handshake_failures: IntCounterVec,
     descs: Vec<Desc>,
 }
 
@@ -103,7 +108,16 @@ impl SnapshotCollector {
             ),
             &["tier", "consumer"],
         )?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tls_handshake_failures_total",
+                "Client TLS handshakes not completed, by reason: abandoned (the peer closed \
+                 first: TCP health checks, scans), failed, timeout.",
+            ),
+            &["reason"],
+        )?;
         let descs = [
+            tls_handshake_failures.desc(),
             top_requests.desc(),
             top_limited.desc(),
             circuit.desc(),
@@ -131,6 +145,7 @@ impl SnapshotCollector {
             circuit,
             top_requests,
             top_limited,
+            tls_handshake_failures,
             descs,
         })
     }
@@ -206,7 +221,18 @@ impl Collector for SnapshotCollector {
                 }
             }
         }
+        self.tls_handshake_failures.reset();
+        for (reason, count) in [
+            ("abandoned", &HANDSHAKES_ABANDONED),
+            ("failed", &HANDSHAKES_FAILED),
+            ("timeout", &HANDSHAKES_TIMED_OUT),
+        ] {
+            self.tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc_by(count.load(Ordering::Relaxed));
+        }
         [
+            self.tls_handshake_failures.collect(),
             self.generation.collect(),
             self.key_fetches.collect(),
             self.key_age.collect(),

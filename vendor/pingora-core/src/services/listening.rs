@@ -37,8 +37,17 @@ use pingora_error::Result;
 use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Downstream handshakes (TLS) not completed since the process started: the peer left before
+/// finishing, the handshake failed, or it took longer than 60 s. For the application's metrics.
+pub static HANDSHAKES_ABANDONED: AtomicU64 = AtomicU64::new(0);
+/// See [`HANDSHAKES_ABANDONED`].
+pub static HANDSHAKES_FAILED: AtomicU64 = AtomicU64::new(0);
+/// See [`HANDSHAKES_ABANDONED`].
+pub static HANDSHAKES_TIMED_OUT: AtomicU64 = AtomicU64::new(0);
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -244,16 +253,18 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                             .map(|a| format!(" from {a}"))
                                             .unwrap_or_default();
                                         let eof = e.to_string().contains("handshake eof");
-                                        let level = if eof {
-                                            log::Level::Debug
+                                        let (level, count) = if eof {
+                                            (log::Level::Debug, &HANDSHAKES_ABANDONED)
                                         } else {
-                                            log::Level::Info
+                                            (log::Level::Info, &HANDSHAKES_FAILED)
                                         };
+                                        count.fetch_add(1, Ordering::Relaxed);
                                         log::log!(level, "Downstream handshake error{from}: {e}");
                                     }
                                 }
                             }
                             Err(_) => {
+                                HANDSHAKES_TIMED_OUT.fetch_add(1, Ordering::Relaxed);
                                 info!("Downstream handshake timeout");
                             }
                         }
