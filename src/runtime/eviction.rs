@@ -16,8 +16,6 @@ use crate::metrics;
 use crate::snapshot::SharedSnapshot;
 use crate::websocket::registry::Registry;
 
-/// The longest wait for Redis when publishing an order.
-
 #[derive(Serialize, Deserialize)]
 struct OrderMessage<'a> {
     subject: &'a str,

@@ -408,7 +408,6 @@ impl TokenService {
     }
 }
 
-/// 128 random bits, as 32 hex digits: a session id or token id nobody can guess.
 /// Reads a signing key (`key_file` under `at`) and makes its public JWK, with its `kid`: the
 /// one given, or its RFC 7638 thumbprint.
 fn signing_key(
@@ -435,6 +434,7 @@ fn signing_key(
     Ok((key, jwk))
 }
 
+/// 128 random bits, as 32 hex digits: a session id or token id nobody can guess.
 fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
