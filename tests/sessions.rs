@@ -265,8 +265,7 @@ fn port_pair() -> u16 {
     );
     loop {
         let port = NEXT.fetch_add(2, Ordering::SeqCst);
-        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 1) {
+        if common::bindable(port) && common::bindable(port + 1) {
             return port;
         }
     }

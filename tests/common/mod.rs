@@ -1,7 +1,7 @@
 //! Harness for tests through the running binary: real processes on loopback ports.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,10 +33,20 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(n < SPAN, "no free port left below the ephemeral range");
         let port = u16::try_from(FIRST + (start + n) % SPAN).expect("port");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if bindable(port) {
             return port;
         }
     }
+}
+
+/// Whether `port` can be bound on 127.0.0.1 now. The probe binds without listening: a
+/// listening probe could be inherited by a child that another test thread is forking, and stay
+/// listening until that child's exec closes it, long enough for [`wait_for_port`] to take it
+/// for the server it waits for.
+pub fn bindable(port: u16) -> bool {
+    tokio::net::TcpSocket::new_v4()
+        .and_then(|s| s.bind(([127, 0, 0, 1], port).into()))
+        .is_ok()
 }
 
 /// Waits until something listens on the port. Read from the kernel's socket table rather than
