@@ -826,12 +826,26 @@ async fn an_instance_started_after_a_logout_refuses_the_ended_sessions_token() {
         &format!("127.0.0.1:{}\"\n\n[issuers", c + 1),
     );
     let gw_c = start(c, &text_c, &client);
-    let refused = common::get(&gw_c.url("/api/x"), Some(&token)).await;
+    // Once it takes the other session's token (its keys are loaded)...
+    let until = |status: u16, bearer: &str| {
+        let url = gw_c.url("/api/x");
+        let bearer = bearer.to_string();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let r = common::get(&url, Some(&bearer)).await;
+                if r.status == status || Instant::now() > deadline {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let taken = until(200, &other).await;
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    // ... it refuses the ended one: read from Redis as it subscribed, a moment after start.
+    let refused = until(401, &token).await;
     assert_eq!(refused.status, 401, "{}", refused.body);
-    assert_eq!(
-        common::get(&gw_c.url("/api/x"), Some(&other)).await.status,
-        200
-    );
 }
 
 #[tokio::test]
